@@ -1,0 +1,31 @@
+# `make test` and `make demo` are the only commands a fresh clone needs: each
+# creates .venv and installs what it needs (jax pinned in constraints.txt).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip install --quiet -c constraints.txt
+
+.PHONY: test demo bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.test-deps: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) -e ".[test,plot]"
+	touch $@
+
+$(VENV)/.bench-deps: pyproject.toml constraints.txt $(VENV)/.test-deps
+	$(PIP) -e ".[test,plot,bench]"
+	touch $@
+
+test: $(VENV)/.test-deps
+	$(BIN)/python -m pytest -q
+
+demo: $(VENV)/.test-deps
+	$(BIN)/python examples/demo.py
+
+bench: $(VENV)/.bench-deps
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

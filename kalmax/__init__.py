@@ -1,0 +1,32 @@
+"""kalmax: JAX-accelerated, differentiable data assimilation.
+
+Public names are re-exported here explicitly; implementations live in modules
+named after what they hold.
+"""
+
+from ._status import DivergenceError
+from .assimilate import History, Save, assimilate, log_likelihood
+from .experiments import simulate
+from .filters.kalman import KalmanFilter, KalmanInfo
+from .filters.rts import SmootherResult, rts_smoother
+from .gaussian import Gaussian, SqrtGaussian
+from .ssm import LinearGaussianSSM, TimeVarying
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DivergenceError",
+    "Gaussian",
+    "History",
+    "KalmanFilter",
+    "KalmanInfo",
+    "LinearGaussianSSM",
+    "Save",
+    "SmootherResult",
+    "SqrtGaussian",
+    "TimeVarying",
+    "assimilate",
+    "log_likelihood",
+    "rts_smoother",
+    "simulate",
+]

@@ -1,0 +1,122 @@
+"""Rauch-Tung-Striebel smoother for a `LinearGaussianSSM` (Rauch, Tung & Striebel 1965).
+
+Backward over n = T-1, ..., 0, from the filtered N(m_n, C_n) and the forecast
+N(m^-_{n+1}, C^-_{n+1}) of the Kalman filter:
+
+    G_n   = C_n M_n^T (C^-_{n+1})^{-1}
+    m^s_n = m_n + G_n (m^s_{n+1} - m^-_{n+1})
+    C^s_n = C_n + G_n (C^s_{n+1} - C^-_{n+1}) G_n^T
+    Cov(v_{n+1}, v_n | y_{1:T}) = C^s_{n+1} G_n^T      (lag-one, for EM)
+
+(Särkkä 2013, Bayesian Filtering and Smoothing, Thm 8.2 and eq. 12.4.)
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from ..assimilate import History, Save, assimilate
+from ..linalg import cho_solve, symmetrize
+from ..ssm import LinearGaussianSSM, merge_time_step, split_time_varying
+from .kalman import KalmanFilter
+
+
+class SmootherResult(eqx.Module):
+    """Smoothed marginals p(v_n | y_{1:T}).
+
+    Attributes:
+        mean: (T, dx) smoothed means of v_1..v_T (aligned with `History.mean`).
+        cov: (T, dx, dx) smoothed covariances of v_1..v_T.
+        cross_cov: (T, dx, dx); `cross_cov[n]` = Cov(v_{n+1}, v_n | y_{1:T}), so
+            `cross_cov[0]` couples v_1 with v_0.
+        init_mean: (dx,) smoothed mean of v_0.
+        init_cov: (dx, dx) smoothed covariance of v_0.
+        filtered: the filter's `History` (means, covariances, forecasts, info).
+        log_likelihood: log p(y_{1:T}).
+    """
+
+    mean: Float[Array, "T dx"]
+    cov: Float[Array, "T dx dx"]
+    cross_cov: Float[Array, "T dx dx"]
+    init_mean: Float[Array, " dx"]
+    init_cov: Float[Array, "dx dx"]
+    filtered: History
+    log_likelihood: Float[Array, ""]
+
+
+@eqx.filter_jit
+def _backward(model: LinearGaussianSSM, filtered: History):
+    varying, constant = split_time_varying(model)
+    prev_mean = jnp.concatenate([model.init_mean[None], filtered.mean[:-1]], axis=0)
+    prev_cov = jnp.concatenate([model.init_cov[None], filtered.cov[:-1]], axis=0)
+
+    def step(carry, inputs):
+        smooth_mean, smooth_cov = carry  # of v_{n+1}
+        varying_step, mean, cov, pred_mean, pred_cov = inputs
+        dynamics = merge_time_step(varying_step, constant).dynamics
+        chol_pred = jnp.linalg.cholesky(pred_cov)
+        gain = cho_solve(chol_pred, dynamics @ cov).T
+        new_mean = mean + gain @ (smooth_mean - pred_mean)
+        new_cov = symmetrize(cov + gain @ (smooth_cov - pred_cov) @ gain.T)
+        cross = smooth_cov @ gain.T
+        return (new_mean, new_cov), (new_mean, new_cov, cross)
+
+    last = (filtered.mean[-1], filtered.cov[-1])
+    inputs = (varying, prev_mean, prev_cov, filtered.forecast_mean, filtered.forecast_cov)
+    _, (means, covs, cross) = jax.lax.scan(step, last, inputs, reverse=True)
+    smooth_mean = jnp.concatenate([means[1:], filtered.mean[-1:]], axis=0)
+    smooth_cov = jnp.concatenate([covs[1:], filtered.cov[-1:]], axis=0)
+    return smooth_mean, smooth_cov, cross, means[0], covs[0]
+
+
+def rts_smoother(
+    model: LinearGaussianSSM,
+    ys: Float[Array, "T dy"],
+    *,
+    parallel: bool = False,
+    square_root: bool = False,
+    throw: bool = True,
+) -> SmootherResult:
+    """Kalman filter forward, Rauch-Tung-Striebel smoother backward.
+
+    Args:
+        model: a `LinearGaussianSSM` (fields may be `TimeVarying`).
+        ys: (T, dy) observations y_1..y_T; NaN entries are missing.
+        parallel: run both passes as associative scans (Särkkä & García-Fernández 2021).
+        square_root: run the forward pass in square-root form.
+        throw: raise on a numerical failure (see `assimilate`).
+
+    Returns:
+        A `SmootherResult` with smoothed means and covariances of v_1..v_T,
+        the lag-one cross-covariances, the smoothed v_0 and the filter's history.
+
+    Example:
+        >>> smoothed = kx.rts_smoother(model, ys)
+        >>> smoothed.mean, smoothed.cov, smoothed.log_likelihood
+    """
+    if not isinstance(model, LinearGaussianSSM):
+        raise TypeError(f"`model` must be a LinearGaussianSSM; got {type(model).__name__}")
+    if parallel and square_root:
+        raise ValueError("`parallel=True` runs the covariance form; use square_root=False")
+    save = Save(cov=True, forecast=True)
+    _, filtered = assimilate(
+        model, KalmanFilter(square_root=square_root), ys, save=save, throw=throw, parallel=parallel
+    )
+    if parallel:
+        from .parallel_kalman import parallel_smoother
+
+        mean, cov, cross, init_mean, init_cov = parallel_smoother(model, filtered)
+    else:
+        mean, cov, cross, init_mean, init_cov = _backward(model, filtered)
+    return SmootherResult(
+        mean=mean,
+        cov=cov,
+        cross_cov=cross,
+        init_mean=init_mean,
+        init_cov=init_cov,
+        filtered=filtered,
+        log_likelihood=jnp.sum(filtered.info.log_likelihood),
+    )
