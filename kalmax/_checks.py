@@ -95,7 +95,7 @@ def check_positive_definite(name: str, cov) -> None:
     if not is_concrete(cov):
         return
     try:
-        np.linalg.cholesky(np.asarray(cov, dtype=np.float64))
+        np.linalg.cholesky(np.asarray(cov, dtype=np.float64))  # batched over leading axes
     except np.linalg.LinAlgError as err:
         raise ValueError(
             f"`{name}` is not positive definite (Cholesky factorisation failed)"

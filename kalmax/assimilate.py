@@ -173,6 +173,9 @@ def assimilate(
         )
     if not isinstance(save, Save):
         raise TypeError(f"`save` must be a kalmax.Save; got {type(save).__name__}")
+    check_model = getattr(method, "check_model", None)
+    if check_model is not None:
+        check_model(model)
     if parallel:
         run_parallel = getattr(method, "assimilate_parallel", None)
         if run_parallel is None:

@@ -31,10 +31,10 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from .. import _status
+from .. import _checks, _status
 from ..gaussian import Gaussian, SqrtGaussian
 from ..linalg import LOG_2PI, cho_solve, logdet_from_chol, solve_lower, symmetrize, tria
-from ..ssm import LinearGaussianSSM, n_times
+from ..ssm import LinearGaussianSSM, TimeVarying, n_times
 
 
 class KalmanInfo(eqx.Module):
@@ -112,6 +112,17 @@ class KalmanFilter(eqx.Module):
     def __check_init__(self):
         if self.square_root and self.joseph:
             raise ValueError("`joseph=True` applies to the covariance form; the square-root form needs no Joseph update")
+
+    def check_model(self, model: LinearGaussianSSM) -> None:
+        """Checks before tracing (called by `assimilate`): the model type, and for the
+        square-root form positive-definite covariances (their Cholesky factors are used)."""
+        if not isinstance(model, LinearGaussianSSM):
+            raise TypeError(f"KalmanFilter needs a `LinearGaussianSSM`; got {type(model).__name__}")
+        if self.square_root:
+            for name in ("dynamics_cov", "obs_cov", "init_cov"):
+                value = getattr(model, name)
+                values = value.values if isinstance(value, TimeVarying) else value
+                _checks.check_positive_definite(name, values)
 
     def init(self, model: LinearGaussianSSM, key=None) -> Gaussian | SqrtGaussian:
         """The prior of v_0: N(init_mean, init_cov)."""
