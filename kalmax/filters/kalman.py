@@ -168,9 +168,10 @@ class KalmanFilter(eqx.Module):
             cov = state.cov
             innov_cov = symmetrize(obs_matrix @ cov @ obs_matrix.T + obs_cov)
             chol_innov = jnp.linalg.cholesky(innov_cov)
-            whitened = solve_lower(chol_innov, innovation)
-            # W = L_S^{-1} H C^-: then K = W^T L_S^{-1} and K S K^T = W^T W.
-            weights = solve_lower(chol_innov, obs_matrix @ cov)
+            # One triangular solve for both: w = L_S^{-1} v and W = L_S^{-1} H C^-,
+            # so that K v = W^T w and K S K^T = W^T W.
+            solved = solve_lower(chol_innov, jnp.concatenate([innovation[:, None], obs_matrix @ cov], axis=1))
+            whitened, weights = solved[:, 0], solved[:, 1:]
             mean = state.mean + weights.T @ whitened
             if self.joseph:
                 gain = cho_solve(chol_innov, obs_matrix @ cov).T
