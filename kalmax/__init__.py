@@ -6,15 +6,34 @@ named after what they hold.
 
 from ._status import DivergenceError
 from .assimilate import History, Save, assimilate, log_likelihood
+from .covariance import (
+    AbstractCovariance,
+    DenseCovariance,
+    DiagonalCovariance,
+    ScalarCovariance,
+    ZeroCovariance,
+)
 from .experiments import simulate
 from .filters.kalman import KalmanFilter, KalmanInfo
 from .filters.rts import SmootherResult, rts_smoother
 from .gaussian import Gaussian, SqrtGaussian
-from .ssm import LinearGaussianSSM, TimeVarying
+from .observations import FunctionObservation, IndexObservation, LinearObservation
+from .ssm import LinearDynamics, LinearGaussianSSM, StateSpaceModel, TimeVarying, as_state_space_model
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AbstractCovariance",
+    "DenseCovariance",
+    "DiagonalCovariance",
+    "FunctionObservation",
+    "IndexObservation",
+    "LinearDynamics",
+    "LinearObservation",
+    "ScalarCovariance",
+    "StateSpaceModel",
+    "ZeroCovariance",
+    "as_state_space_model",
     "DivergenceError",
     "Gaussian",
     "History",

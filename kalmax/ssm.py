@@ -12,6 +12,7 @@ nothing is guessed from the number of dimensions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
@@ -261,3 +262,127 @@ class LinearGaussianSSM(eqx.Module):
         from .experiments import simulate
 
         return simulate(self, key, n_steps)
+
+
+class LinearDynamics(eqx.Module):
+    """v -> M v (+ b): linear dynamics as a callable, for nonlinear-model methods."""
+
+    matrix: Float[Array, "dx dx"]
+    offset: Float[Array, " dx"] | None = None
+
+    def __call__(self, state):
+        out = self.matrix @ state
+        return out if self.offset is None else out + self.offset
+
+
+class StateSpaceModel(eqx.Module):
+    """A (possibly nonlinear) state-space model for one state; methods vmap it.
+
+        v_{n+1} = Psi(v_n) + xi_n,       xi_n ~ N(0, Sigma)
+        y_{n+1} = h(v_{n+1}) + eta,      eta  ~ N(0, Gamma)
+        v_0 ~ N(m_0, C_0)
+
+    Args:
+        dynamics: Psi, a callable mapping one state (dx,) to the state one
+            observation interval later (dx,), e.g.
+            `kalmax.models.Flow(Lorenz96(), RK4(dt=0.05, n_steps=1))`. Use an
+            `equinox.Module` so its parameters are differentiable leaves.
+        observation: h: a (dy, dx) matrix, an `IndexObservation`, or a callable.
+        dynamics_cov: Sigma: None (no model noise), a (dx, dx) array, or a
+            covariance operator (`DiagonalCovariance`, `ScalarCovariance`, ...).
+        obs_cov: Gamma: a (dy, dy) array or a covariance operator.
+        init_mean: (dx,) mean m_0 of v_0.
+        init_cov: C_0: a (dx, dx) array or a covariance operator.
+
+    Diagonal and scalar covariances are stored as such (a diagonal of size 10^5
+    is never densified). The dynamics and observation are checked once on
+    `init_mean` with `jax.eval_shape` (nothing is computed).
+
+    Example:
+        >>> from kalmax.models import Lorenz96, Flow, RK4
+        >>> model = kx.StateSpaceModel(
+        ...     dynamics=Flow(Lorenz96(40), RK4(dt=0.05, n_steps=1)),
+        ...     observation=jnp.eye(40), dynamics_cov=None,
+        ...     obs_cov=jnp.eye(40), init_mean=jnp.zeros(40).at[0].set(1.0),
+        ...     init_cov=kx.ScalarCovariance(1e-3, 40))
+    """
+
+    dynamics: Callable
+    observation: Any
+    dynamics_cov: Any
+    obs_cov: Any
+    init_mean: Float[Array, " dx"]
+    init_cov: Any
+
+    def __init__(self, dynamics, observation, dynamics_cov, obs_cov, init_mean, init_cov):
+        from .covariance import as_covariance
+        from .observations import LinearObservation, as_observation
+
+        self.init_mean = _checks.as_float_array("init_mean", init_mean)
+        _checks.check_ndim("init_mean", self.init_mean, 1, "a vector (dx,)")
+        _checks.check_finite("init_mean", self.init_mean)
+        dx, dtype = self.init_mean.shape[0], self.init_mean.dtype
+        if not callable(dynamics):
+            raise TypeError(f"`dynamics` must be a callable mapping a state ({dx},) to ({dx},); got {type(dynamics).__name__}")
+        try:
+            out = jax.eval_shape(dynamics, self.init_mean)
+        except Exception as err:  # noqa: BLE001 - report the user's error with context
+            raise ValueError(f"`dynamics` failed on a state of shape ({dx},): {err}") from err
+        if getattr(out, "shape", None) != (dx,):
+            raise ValueError(
+                f"`dynamics` must return the shape of its input ({dx},); got {getattr(out, 'shape', type(out))}"
+            )
+        if out.dtype != dtype:
+            raise TypeError(f"dtype mix: `dynamics` returns {out.dtype} for a {dtype} state")
+        self.dynamics = dynamics
+        self.observation = as_observation(observation, self.init_mean)
+        if isinstance(self.observation, LinearObservation) and self.observation.matrix.dtype != dtype:
+            raise TypeError(f"dtype mix: `observation` is {self.observation.matrix.dtype} but `init_mean` is {dtype}")
+        dy = self.observation.obs_dim
+        self.dynamics_cov = as_covariance("dynamics_cov", dynamics_cov, dx, dtype)
+        self.obs_cov = as_covariance("obs_cov", obs_cov, dy, dtype, allow_zero=False)
+        self.init_cov = as_covariance("init_cov", init_cov, dx, dtype)
+
+    @property
+    def state_dim(self) -> int:
+        return self.init_mean.shape[0]
+
+    @property
+    def obs_dim(self) -> int:
+        return self.observation.obs_dim
+
+    @property
+    def dtype(self):
+        return self.init_mean.dtype
+
+    @property
+    def n_times(self) -> int | None:
+        return n_times(self)
+
+    def at(self, n) -> StateSpaceModel:
+        return model_at(self, n)
+
+    def observe(self, state):
+        """h(v) for one state (dx,)."""
+        return self.observation(state)
+
+
+def as_state_space_model(model) -> StateSpaceModel:
+    """View a `LinearGaussianSSM` (time-invariant) as a `StateSpaceModel`, so that
+    nonlinear methods (EKF, UKF, 3DVAR, EnKF) run on it; a `StateSpaceModel` is returned as is."""
+    if isinstance(model, StateSpaceModel):
+        return model
+    if not isinstance(model, LinearGaussianSSM):
+        raise TypeError(f"`model` must be a StateSpaceModel or LinearGaussianSSM; got {type(model).__name__}")
+    if model.n_times is not None:
+        raise ValueError("a time-varying LinearGaussianSSM cannot be viewed as a StateSpaceModel; use model.at(n)")
+    from .observations import LinearObservation
+
+    return StateSpaceModel(
+        dynamics=LinearDynamics(model.dynamics, model.dynamics_offset),
+        observation=LinearObservation(model.observation, model.obs_offset),
+        dynamics_cov=model.dynamics_cov,
+        obs_cov=model.obs_cov,
+        init_mean=model.init_mean,
+        init_cov=model.init_cov,
+    )
