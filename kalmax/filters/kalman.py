@@ -87,6 +87,57 @@ def _require_one_cycle(model, who: str) -> None:
         )
 
 
+def _log_likelihood(whitened, chol_innov, n_observed):
+    """log N(v; 0, S) of the observed entries, from w = L_S^{-1} v (missing entries
+    are decoupled unit-variance zeros and their log N(0; 0, 1) terms are removed)."""
+    dy = whitened.shape[0]
+    n_missing = (dy - n_observed).astype(whitened.dtype)
+    return (
+        -0.5 * (jnp.sum(whitened**2) + logdet_from_chol(chol_innov) + dy * LOG_2PI)
+        + 0.5 * LOG_2PI * n_missing
+    )
+
+
+def gaussian_update(
+    mean: Float[Array, " dx"],
+    cov: Float[Array, "dx dx"],
+    obs_matrix: Float[Array, "dy dx"],
+    innovation: Float[Array, " dy"],
+    obs_cov: Float[Array, "dy dy"],
+    mask,
+    joseph: bool = False,
+) -> tuple[Gaussian, KalmanInfo]:
+    """The Kalman analysis of N(mean, cov) given an innovation y - h(mean) with
+    (linearised) observation matrix H, shared by the KF, the EKF and their kin.
+
+        S = H C H^T + Gamma,  m+ = m + C H^T S^{-1} v,  C+ = C - C H^T S^{-1} H C
+
+    `mask` (dy,) marks the observed entries; rows of `obs_matrix`, `innovation`
+    and `obs_cov` for missing entries must already be neutralised (see
+    `masked_observation_model`). Returns the posterior and a `KalmanInfo` with
+    log N(v; 0, S) of the observed entries.
+    """
+    dx = mean.shape[0]
+    innov_cov = symmetrize(obs_matrix @ cov @ obs_matrix.T + obs_cov)
+    chol_innov = jnp.linalg.cholesky(innov_cov)
+    # One triangular solve for both: w = L_S^{-1} v and W = L_S^{-1} H C,
+    # so that K v = W^T w and K S K^T = W^T W.
+    solved = solve_lower(chol_innov, jnp.concatenate([innovation[:, None], obs_matrix @ cov], axis=1))
+    whitened, weights = solved[:, 0], solved[:, 1:]
+    new_mean = mean + weights.T @ whitened
+    if joseph:
+        gain = cho_solve(chol_innov, obs_matrix @ cov).T
+        reduce = jnp.eye(dx, dtype=cov.dtype) - gain @ obs_matrix
+        new_cov = reduce @ cov @ reduce.T + gain @ obs_cov @ gain.T
+    else:
+        new_cov = cov - weights.T @ weights
+    n_observed = jnp.sum(mask).astype(jnp.int32)
+    info = KalmanInfo(
+        _log_likelihood(whitened, chol_innov, n_observed), n_observed, _status_of(chol_innov, new_mean)
+    )
+    return Gaussian(new_mean, symmetrize(new_cov)), info
+
+
 class KalmanFilter(eqx.Module):
     """Exact filter for a `LinearGaussianSSM` (Kalman 1960).
 
@@ -148,45 +199,25 @@ class KalmanFilter(eqx.Module):
             y, model.observation, model.obs_cov, model.obs_offset
         )
         innovation = jnp.where(mask, target - obs_matrix @ state.mean, 0.0)
-        n_observed = jnp.sum(mask).astype(jnp.int32)
+        if not self.square_root:
+            return gaussian_update(state.mean, state.cov, obs_matrix, innovation, obs_cov, mask, joseph=self.joseph)
         dy, dx = obs_matrix.shape
-        if self.square_root:
-            chol_obs = jnp.linalg.cholesky(obs_cov)
-            block = jnp.block(
+        lower = tria(
+            jnp.block(
                 [
-                    [chol_obs, obs_matrix @ state.chol],
+                    [jnp.linalg.cholesky(obs_cov), obs_matrix @ state.chol],
                     [jnp.zeros((dx, dy), y.dtype), state.chol],
                 ]
             )
-            lower = tria(block)
-            chol_innov = lower[:dy, :dy]
-            cross = lower[dy:, :dy]
-            whitened = solve_lower(chol_innov, innovation)
-            mean = state.mean + cross @ whitened
-            new_state = SqrtGaussian(mean, lower[dy:, dy:])
-        else:
-            cov = state.cov
-            innov_cov = symmetrize(obs_matrix @ cov @ obs_matrix.T + obs_cov)
-            chol_innov = jnp.linalg.cholesky(innov_cov)
-            # One triangular solve for both: w = L_S^{-1} v and W = L_S^{-1} H C^-,
-            # so that K v = W^T w and K S K^T = W^T W.
-            solved = solve_lower(chol_innov, jnp.concatenate([innovation[:, None], obs_matrix @ cov], axis=1))
-            whitened, weights = solved[:, 0], solved[:, 1:]
-            mean = state.mean + weights.T @ whitened
-            if self.joseph:
-                gain = cho_solve(chol_innov, obs_matrix @ cov).T
-                reduce = jnp.eye(dx, dtype=cov.dtype) - gain @ obs_matrix
-                new_cov = reduce @ cov @ reduce.T + gain @ obs_cov @ gain.T
-            else:
-                new_cov = cov - weights.T @ weights
-            new_state = Gaussian(mean, symmetrize(new_cov))
-        n_missing = (dy - n_observed).astype(y.dtype)
-        log_likelihood = (
-            -0.5 * (jnp.sum(whitened**2) + logdet_from_chol(chol_innov) + dy * LOG_2PI)
-            + 0.5 * LOG_2PI * n_missing
         )
-        info = KalmanInfo(log_likelihood, n_observed, _status_of(chol_innov, mean))
-        return new_state, info
+        chol_innov, cross = lower[:dy, :dy], lower[dy:, :dy]
+        whitened = solve_lower(chol_innov, innovation)
+        mean = state.mean + cross @ whitened
+        n_observed = jnp.sum(mask).astype(jnp.int32)
+        info = KalmanInfo(
+            _log_likelihood(whitened, chol_innov, n_observed), n_observed, _status_of(chol_innov, mean)
+        )
+        return SqrtGaussian(mean, lower[dy:, dy:]), info
 
     def assimilate_parallel(self, model: LinearGaussianSSM, ys, *, save):
         """The whole filter as an associative scan (used by `assimilate(..., parallel=True)`).
