@@ -1,0 +1,136 @@
+"""RK4, the integrating-factor RK4, Flow and trajectory."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg
+
+from kalmax.models import (
+    RK4,
+    AbstractSemilinearModel,
+    Flow,
+    IntegratingFactorRK4,
+    Lorenz63,
+    Lorenz96,
+    rk4_step,
+    trajectory,
+)
+
+# A damped rotation dy/dt = A y: exact solution expm(A t) y0.
+A = np.array([[-0.3, 2.0], [-2.0, -0.1]])
+Y0 = np.array([1.0, -0.5])
+
+
+class LinearModel(eqx.Module):
+    matrix: jax.Array
+
+    def vector_field(self, state):
+        return self.matrix @ state
+
+
+def _rk4_error(dt, t_end=1.0):
+    n = int(round(t_end / dt))
+    out = RK4(dt, n)(LinearModel(jnp.asarray(A)).vector_field, jnp.asarray(Y0))
+    return np.linalg.norm(np.asarray(out) - scipy.linalg.expm(A * t_end) @ Y0)
+
+
+def test_rk4_is_fourth_order():
+    errors = [_rk4_error(dt) for dt in (0.1, 0.05, 0.025)]
+    ratios = [errors[0] / errors[1], errors[1] / errors[2]]
+    for ratio in ratios:
+        assert 14.0 < ratio < 18.0, (errors, ratios)
+
+
+def test_rk4_step_matches_formula_and_handles_pytrees():
+    f = lambda y: {"a": -y["a"] * y["b"], "b": y["a"] ** 2}  # noqa: E731
+    y = {"a": jnp.array([0.3, -1.2]), "b": jnp.array([2.0, 0.5])}
+    dt = 0.1
+    out = rk4_step(f, y, dt)
+
+    def plain(a, b):
+        def g(v):
+            return np.concatenate([-v[:2] * v[2:], v[:2] ** 2])
+        v = np.concatenate([a, b])
+        k1 = g(v)
+        k2 = g(v + dt / 2 * k1)
+        k3 = g(v + dt / 2 * k2)
+        k4 = g(v + dt * k3)
+        return v + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+
+    ref = plain(np.asarray(y["a"]), np.asarray(y["b"]))
+    np.testing.assert_allclose(np.concatenate([out["a"], out["b"]]), ref, rtol=1e-14)
+
+
+class SemilinearToy(AbstractSemilinearModel):
+    """dz/dt = -lam z + sin(z) + 0.5, diagonal linear part (stiff for large lam)."""
+
+    lam: jax.Array
+
+    def to_spectral(self, state):
+        return state
+
+    def from_spectral(self, z):
+        return z
+
+    def spectral_linear(self, z):
+        return -self.lam
+
+    def spectral_nonlinear(self, z):
+        return jnp.sin(z) + 0.5
+
+    def vector_field(self, state):
+        return self.spectral_linear(state) * state + self.spectral_nonlinear(state)
+
+
+def test_integrating_factor_rk4_is_fourth_order_and_exact_on_linear_part():
+    model = SemilinearToy(jnp.array([0.5, 3.0, 20.0]))
+    z0 = jnp.array([1.0, -2.0, 0.7])
+    reference = RK4(1e-4, 10_000)(model.vector_field, z0)
+    errors = [
+        float(jnp.linalg.norm(Flow(model, IntegratingFactorRK4(dt, int(round(1 / dt))))(z0) - reference))
+        for dt in (0.1, 0.05)
+    ]
+    assert 13.0 < errors[0] / errors[1] < 19.0, errors
+    # With a zero linear part it is the classic RK4.
+    flat = SemilinearToy(jnp.zeros(3))
+    np.testing.assert_allclose(
+        Flow(flat, IntegratingFactorRK4(0.1, 7))(z0), Flow(flat, RK4(0.1, 7))(z0), rtol=1e-14
+    )
+
+
+def test_flow_and_trajectory():
+    model = Lorenz63()
+    flow = Flow(model, RK4(0.01, 25))
+    assert float(flow.interval) == pytest.approx(0.25)
+    x0 = jnp.array([1.509, -1.531, 25.46])
+    xs = jax.jit(lambda x: trajectory(flow, x, 4))(x0)
+    assert xs.shape == (5, 3)
+    np.testing.assert_array_equal(xs[0], x0)
+    x = x0
+    for t in range(1, 5):
+        x = RK4(0.01, 25)(model.vector_field, x)
+        np.testing.assert_allclose(xs[t], x, rtol=1e-12)
+    # 25 steps of 0.01 = one step call repeated
+    one = x0
+    for _ in range(25):
+        one = rk4_step(model.vector_field, one, 0.01)
+    np.testing.assert_allclose(flow(x0), one, rtol=1e-12)
+
+
+def test_bad_integrator_arguments():
+    with pytest.raises(ValueError, match="n_steps"):
+        RK4(0.1, 0)
+    with pytest.raises(TypeError, match="n_steps"):
+        RK4(0.1, 2.0)
+    with pytest.raises(ValueError, match="dt"):
+        RK4(-0.1, 1)
+    with pytest.raises(ValueError, match="dt"):
+        IntegratingFactorRK4(jnp.ones(2), 1)
+    with pytest.raises(TypeError, match="integrator"):
+        Flow(Lorenz63(), lambda f, x: x)
+    with pytest.raises(TypeError, match="RK4"):
+        Flow(Lorenz96(), IntegratingFactorRK4(0.01, 1))(jnp.zeros(40))
+    with pytest.raises(ValueError, match="n_intervals"):
+        trajectory(Flow(Lorenz63(), RK4(0.01)), jnp.zeros(3), -1)
