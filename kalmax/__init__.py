@@ -4,6 +4,7 @@ Public names are re-exported here explicitly; implementations live in modules
 named after what they hold.
 """
 
+from . import datasets, experiments, metrics, models
 from ._status import DivergenceError
 from .assimilate import History, Save, assimilate, log_likelihood
 from .covariance import (
@@ -13,7 +14,7 @@ from .covariance import (
     ScalarCovariance,
     ZeroCovariance,
 )
-from .experiments import simulate
+from .experiments import TwinResult, climatology_cov, simulate, twin_experiment
 from .filters.kalman import KalmanFilter, KalmanInfo
 from .filters.rts import SmootherResult, rts_smoother
 from .gaussian import Gaussian, SqrtGaussian
@@ -48,4 +49,11 @@ __all__ = [
     "log_likelihood",
     "rts_smoother",
     "simulate",
+    "twin_experiment",
+    "TwinResult",
+    "climatology_cov",
+    "datasets",
+    "experiments",
+    "metrics",
+    "models",
 ]

@@ -61,7 +61,9 @@ class Save(eqx.Module):
     forecast: bool = eqx.field(static=True, default=False)
     state: bool = eqx.field(static=True, default=False)
 
-    def __call__(self, forecast_state, analysis_state, info) -> History:
+    def __call__(self, forecast_state, analysis_state, info, cycle=None) -> History:
+        """Select what to keep of cycle `cycle` (the index is unused here; savers that
+        score against a truth, as in `kalmax.experiments`, use it)."""
         return History(
             mean=analysis_state.mean if self.mean else None,
             cov=analysis_state.cov if self.cov else None,
@@ -111,15 +113,16 @@ def _scan(model, method, ys, keys, save: Save, unroll: int):
     state = method.init(init_model, init_key)
 
     def cycle(state, inputs):
-        varying_step, y, key = inputs
+        varying_step, y, key, n = inputs
         step_model = merge_time_step(varying_step, constant)
         key_forecast, key_analysis = (None, None) if key is None else jax.random.split(key)
         forecast = method.forecast(step_model, state, key_forecast)
         analysis, info = method.analysis(step_model, forecast, y, key_analysis)
-        return analysis, save(forecast, analysis, info)
+        return analysis, save(forecast, analysis, info, n)
 
     step_keys = None if keys is None else keys[1:]
-    return jax.lax.scan(cycle, state, (varying, ys, step_keys), unroll=unroll)
+    cycles = jnp.arange(ys.shape[0])
+    return jax.lax.scan(cycle, state, (varying, ys, step_keys, cycles), unroll=unroll)
 
 
 def raise_on_failure(status, method_name: str) -> None:
@@ -156,7 +159,10 @@ def assimilate(
         method: a filter with `init`/`forecast`/`analysis` (e.g. `KalmanFilter()`).
         ys: (T, dy) observations y_1..y_T, time first; NaN entries are missing.
         key: PRNG key; required by stochastic methods, may be None for deterministic ones.
-        save: what to keep per cycle (`Save`); the `Info` is always kept.
+        save: what to keep per cycle (`Save`); the `Info` is always kept. Any
+            `equinox.Module` called as `save(forecast, analysis, info, cycle)`
+            and returning a pytree with an `info` field can take its place
+            (`kalmax.experiments` scores against a truth this way).
         throw: raise `DivergenceError` naming the first failing cycle if any cycle
             reports a non-zero status; with False, read `history.info.status`.
         parallel: use the method's parallel-in-time (associative scan) form,
@@ -171,8 +177,8 @@ def assimilate(
         raise ValueError(
             f"`key` is required: {type(method).__name__} is stochastic; pass jax.random.key(seed)"
         )
-    if not isinstance(save, Save):
-        raise TypeError(f"`save` must be a kalmax.Save; got {type(save).__name__}")
+    if not isinstance(save, eqx.Module) or not callable(save):
+        raise TypeError(f"`save` must be a kalmax.Save (or another saver Module); got {type(save).__name__}")
     check_model = getattr(method, "check_model", None)
     if check_model is not None:
         check_model(model)

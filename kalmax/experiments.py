@@ -1,26 +1,49 @@
-"""Twin experiments: simulate a truth and its observations from a model."""
+"""Twin experiments: simulate a truth and its observations, assimilate, score.
+
+Scores follow DAPPER's conventions (../shared/reference/twin-experiments.md):
+per analysis time, rmse = sqrt(mean_i (mean_i - truth_i)^2) of the estimate's
+mean and spread = sqrt(mean_i var_i) (ensemble variance with ddof = 1); both
+are then averaged over the analysis times after a burn-in. Scores are computed
+inside the compiled scan, so a long run keeps O(T) numbers, not T ensembles.
+"""
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int, PRNGKeyArray
 
+from . import metrics
+from .assimilate import assimilate
+from .gaussian import Gaussian, SqrtGaussian
 from .linalg import psd_sqrt
-from .ssm import LinearGaussianSSM, merge_time_step, split_time_varying
+from .ssm import LinearGaussianSSM, StateSpaceModel, merge_time_step, split_time_varying
 
 
-def simulate(model: LinearGaussianSSM, key, n_steps: int):
-    """Draw v_0 ~ N(m_0, C_0), then v_{n+1} and y_{n+1} for n = 0..n_steps-1.
+def simulate(model, key: PRNGKeyArray, n_steps: int):
+    """Draw a truth v_0 ~ N(m_0, C_0), v_{n+1} = Psi(v_n) + xi_n, and y_{n+1} = h(v_{n+1}) + eta.
 
-    Reproducible from `key`. Noise factors are symmetric square roots, so
-    singular (e.g. zero) covariances are allowed.
+    Reproducible from `key`; works for `LinearGaussianSSM` (noise factors are
+    symmetric square roots, so singular covariances are allowed) and
+    `StateSpaceModel` (noise from the covariance operators, never densified).
 
     Returns:
         (states, ys): states (n_steps + 1, dx) holding v_0..v_T; ys (n_steps, dy)
         holding y_1..y_T (so `ys[n]` observes `states[n + 1]`).
     """
-    if not isinstance(model, LinearGaussianSSM):
-        raise TypeError(f"`model` must be a LinearGaussianSSM; got {type(model).__name__}")
+    if int(n_steps) < 1:
+        raise ValueError(f"`n_steps` must be a positive integer; got {n_steps}")
+    if isinstance(model, LinearGaussianSSM):
+        return _simulate_linear(model, key, int(n_steps))
+    if isinstance(model, StateSpaceModel):
+        return _simulate_nonlinear(model, key, int(n_steps))
+    raise TypeError(f"`model` must be a LinearGaussianSSM or StateSpaceModel; got {type(model).__name__}")
+
+
+@eqx.filter_jit
+def _simulate_linear(model: LinearGaussianSSM, key, n_steps: int):
     if model.n_times is not None and model.n_times != n_steps:
         raise ValueError(
             f"`n_steps` is {n_steps} but the model's `TimeVarying` fields have {model.n_times} cycles"
@@ -28,9 +51,7 @@ def simulate(model: LinearGaussianSSM, key, n_steps: int):
     varying, constant = split_time_varying(model)
     key_init, key_run = jax.random.split(key)
     dtype = model.dtype
-    v0 = model.init_mean + psd_sqrt(model.init_cov) @ jax.random.normal(
-        key_init, (model.state_dim,), dtype
-    )
+    v0 = model.init_mean + psd_sqrt(model.init_cov) @ jax.random.normal(key_init, (model.state_dim,), dtype)
 
     def step(state, inputs):
         varying_step, step_key = inputs
@@ -43,3 +64,226 @@ def simulate(model: LinearGaussianSSM, key, n_steps: int):
 
     _, (states, ys) = jax.lax.scan(step, v0, (varying, jax.random.split(key_run, n_steps)))
     return jnp.concatenate([v0[None], states], axis=0), ys
+
+
+@eqx.filter_jit
+def _simulate_nonlinear(model: StateSpaceModel, key, n_steps: int):
+    key_init, key_run = jax.random.split(key)
+    dtype = model.dtype
+    v0 = model.init_mean + model.init_cov.sqrt_mv(jax.random.normal(key_init, (model.state_dim,), dtype))
+
+    def step(state, step_key):
+        key_dyn, key_obs = jax.random.split(step_key)
+        new_state = model.dynamics(state)
+        if not model.dynamics_cov.is_zero():
+            new_state = new_state + model.dynamics_cov.sqrt_mv(jax.random.normal(key_dyn, state.shape, dtype))
+        obs_noise = model.obs_cov.sqrt_mv(jax.random.normal(key_obs, (model.obs_dim,), dtype))
+        return new_state, (new_state, model.observe(new_state) + obs_noise)
+
+    _, (states, ys) = jax.lax.scan(step, v0, jax.random.split(key_run, n_steps))
+    return jnp.concatenate([v0[None], states], axis=0), ys
+
+
+# -- scoring inside the scan ------------------------------------------------------------
+
+
+def state_variances(state) -> Float[Array, " dx"] | None:
+    """Per-component variances of a filter's belief, or None for point estimates.
+
+    Ensembles (states with `members` (J, dx)) use ddof = 1; Gaussian states their
+    covariance diagonal (from a square-root factor without forming C).
+    """
+    if hasattr(state, "members"):
+        return jnp.var(state.members, axis=0, ddof=1)
+    if isinstance(state, SqrtGaussian):
+        return jnp.sum(state.chol**2, axis=1)
+    if isinstance(state, Gaussian):
+        return jnp.diagonal(state.cov)
+    return None
+
+
+class CycleScores(eqx.Module):
+    """Per-cycle scores of a twin experiment (time axis first once stacked).
+
+    Attributes:
+        rmse_analysis, rmse_forecast: rmse of the analysis / forecast mean.
+        spread_analysis, spread_forecast: sqrt(mean_i var_i) (None for point estimates).
+        crps_analysis: CRPS of the analysis (ensemble form, or the Gaussian closed form).
+        rank_counts: (J + 1,) rank histogram counts of the truth among the members (ensembles).
+        mean: (dx,) analysis mean, when kept.
+        info: the method's `Info`.
+    """
+
+    rmse_analysis: Float[Array, ""]
+    rmse_forecast: Float[Array, ""]
+    spread_analysis: Float[Array, ""] | None
+    spread_forecast: Float[Array, ""] | None
+    crps_analysis: Float[Array, ""] | None
+    rank_counts: Int[Array, " J1"] | None
+    mean: Float[Array, " dx"] | None
+    info: object
+
+
+class ScoreAgainstTruth(eqx.Module):
+    """A saver for `assimilate` that scores each cycle against the truth.
+
+    Args:
+        truth: (T + 1, dx) true states v_0..v_T (cycle n is scored against v_{n+1}).
+        keep_mean: also keep the analysis means (T, dx) (for plots).
+    """
+
+    truth: Float[Array, "T1 dx"]
+    keep_mean: bool = eqx.field(static=True, default=True)
+
+    def __call__(self, forecast, analysis, info, cycle) -> CycleScores:
+        true_state = self.truth[cycle + 1]
+        var_a, var_f = state_variances(analysis), state_variances(forecast)
+        if hasattr(analysis, "members"):
+            crps = metrics.crps(analysis.members, true_state)
+            counts = metrics.rank_histogram(analysis.members[None], true_state[None])
+        elif var_a is not None:
+            crps = metrics.crps_gaussian(analysis.mean, jnp.sqrt(var_a), true_state)
+            counts = None
+        else:
+            crps, counts = None, None
+        return CycleScores(
+            rmse_analysis=metrics.rmse(analysis.mean, true_state),
+            rmse_forecast=metrics.rmse(forecast.mean, true_state),
+            spread_analysis=None if var_a is None else jnp.sqrt(jnp.mean(var_a)),
+            spread_forecast=None if var_f is None else jnp.sqrt(jnp.mean(var_f)),
+            crps_analysis=crps,
+            rank_counts=counts,
+            mean=analysis.mean if self.keep_mean else None,
+            info=info,
+        )
+
+
+class TwinStats(eqx.Module):
+    """Time averages over the analysis cycles n >= burn_in (DAPPER's `.a` and `.f` stats).
+
+    Fields are scalars (or None where the method has no spread/CRPS); `rank_histogram`
+    is the summed (J + 1,) counts for ensembles.
+    """
+
+    rmse_analysis: Float[Array, ""]
+    rmse_forecast: Float[Array, ""]
+    spread_analysis: Float[Array, ""] | None
+    spread_forecast: Float[Array, ""] | None
+    crps_analysis: Float[Array, ""] | None
+    rank_histogram: Int[Array, " J1"] | None
+
+    def table(self, title: str = "") -> str:
+        """A small text table of the statistics."""
+        rows = [
+            ("analysis rmse", self.rmse_analysis),
+            ("forecast rmse", self.rmse_forecast),
+            ("analysis spread", self.spread_analysis),
+            ("forecast spread", self.spread_forecast),
+            ("analysis crps", self.crps_analysis),
+        ]
+        width = max(len(name) for name, _ in rows)
+        lines = [title] if title else []
+        for name, value in rows:
+            if value is not None:
+                lines.append(f"{name:<{width}}  {float(value):.4f}")
+        if self.rank_histogram is not None:
+            counts = np.asarray(self.rank_histogram, dtype=np.float64)
+            freq = counts / max(counts.sum(), 1.0)
+            lines.append(f"{'rank histogram':<{width}}  " + " ".join(f"{f:.3f}" for f in freq))
+        return "\n".join(lines)
+
+
+class TwinResult(eqx.Module):
+    """Everything a twin experiment produced.
+
+    Attributes:
+        truth: (T + 1, dx) true states v_0..v_T.
+        ys: (T, dy) observations y_1..y_T.
+        cycles: per-cycle `CycleScores` (time axis first).
+        stats: `TwinStats` averaged over cycles n >= burn_in.
+        final_state: the method's state after the last analysis.
+        burn_in: number of leading cycles left out of `stats`.
+    """
+
+    truth: Float[Array, "T1 dx"]
+    ys: Float[Array, "T dy"]
+    cycles: CycleScores
+    stats: TwinStats
+    final_state: object
+    burn_in: int = eqx.field(static=True)
+
+
+def _average(series, burn_in: int):
+    return None if series is None else jnp.mean(series[burn_in:], axis=0)
+
+
+def twin_experiment(
+    model,
+    method,
+    n_cycles: int,
+    key: PRNGKeyArray,
+    *,
+    burn_in: int = 0,
+    truth: Float[Array, "T1 dx"] | None = None,
+    ys: Float[Array, "T dy"] | None = None,
+    keep_mean: bool = True,
+    throw: bool = True,
+) -> TwinResult:
+    """Simulate a truth and data from `model`, assimilate them with `method`, score.
+
+    Args:
+        model: the state-space model (the truth and the filter share it, as in DAPPER).
+        method: any filter (`KalmanFilter`, `ThreeDVar`, `ExtendedKalmanFilter`, ensembles...).
+        n_cycles: number of assimilation cycles T.
+        key: PRNG key; split into the truth's key and the method's key.
+        burn_in: cycles n < burn_in are left out of the time averages. DAPPER's
+            BurnIn in time units B corresponds to burn_in = round(B / interval).
+        truth, ys: give both to assimilate an existing truth and data (e.g.
+            exported from DAPPER); then `key` only drives the method.
+        keep_mean: keep the (T, dx) analysis means in `cycles.mean`.
+        throw: raise `DivergenceError` naming the first failing cycle.
+
+    Returns:
+        A `TwinResult`; `result.stats.table()` prints the averages.
+    """
+    n_cycles = int(n_cycles)
+    if n_cycles < 1:
+        raise ValueError(f"`n_cycles` must be a positive integer; got {n_cycles}")
+    if not 0 <= int(burn_in) < n_cycles:
+        raise ValueError(f"`burn_in` must lie in [0, n_cycles={n_cycles}); got {burn_in}")
+    key_truth, key_method = jax.random.split(key)
+    if (truth is None) != (ys is None):
+        raise ValueError("give both `truth` and `ys`, or neither")
+    if truth is None:
+        truth, ys = simulate(model, key_truth, n_cycles)
+    else:
+        truth, ys = jnp.asarray(truth), jnp.asarray(ys)
+        if truth.shape != (n_cycles + 1, model.state_dim):
+            raise ValueError(
+                f"`truth` must have shape {(n_cycles + 1, model.state_dim)} (v_0..v_T); got {tuple(truth.shape)}"
+            )
+        if ys.shape[0] != n_cycles:
+            raise ValueError(f"`ys` must have {n_cycles} rows; got {ys.shape[0]}")
+    saver = ScoreAgainstTruth(truth, keep_mean=keep_mean)
+    needs_key = bool(getattr(method, "stochastic", False))
+    final, cycles = assimilate(model, method, ys, key_method if needs_key else None, save=saver, throw=throw)
+    burn_in = int(burn_in)
+    stats = TwinStats(
+        rmse_analysis=_average(cycles.rmse_analysis, burn_in),
+        rmse_forecast=_average(cycles.rmse_forecast, burn_in),
+        spread_analysis=_average(cycles.spread_analysis, burn_in),
+        spread_forecast=_average(cycles.spread_forecast, burn_in),
+        crps_analysis=_average(cycles.crps_analysis, burn_in),
+        rank_histogram=None if cycles.rank_counts is None else jnp.sum(cycles.rank_counts[burn_in:], axis=0),
+    )
+    return TwinResult(truth=truth, ys=ys, cycles=cycles, stats=stats, final_state=final, burn_in=burn_in)
+
+
+def climatology_cov(model: StateSpaceModel, key: PRNGKeyArray, n_steps: int, spin_up: int = 0) -> Float[Array, "dx dx"]:
+    """Covariance of a free run of the model's dynamics (the climatology).
+
+    DAPPER's Var3D uses B = xB * cov(truth); a long free run (after a spin-up)
+    gives the documented scores. Starts from a draw of the model's prior.
+    """
+    states, _ = simulate(model, key, int(n_steps) + int(spin_up))
+    return jnp.cov(states[int(spin_up) + 1 :], rowvar=False)

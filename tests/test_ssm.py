@@ -89,7 +89,7 @@ def test_time_varying_length_must_match_ys():
 
 def test_bad_save_and_parallel_arguments():
     model = kx.LinearGaussianSSM(**fields())
-    with pytest.raises(TypeError, match="`save` must be a kalmax.Save"):
+    with pytest.raises(TypeError, match=r"`save` must be a kalmax.Save"):
         kx.assimilate(model, kx.KalmanFilter(), np.zeros((3, 1)), save="cov")
     with pytest.raises(ValueError, match="`parallel=True` runs the covariance form"):
         kx.assimilate(model, kx.KalmanFilter(square_root=True), np.zeros((3, 1)), parallel=True)
