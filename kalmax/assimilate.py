@@ -104,13 +104,13 @@ def check_observations(model, ys, name: str = "ys") -> jax.Array:
 
 
 @eqx.filter_jit
-def _scan(model, method, ys, keys, save: Save, unroll: int):
+def _scan(model, method, ys, keys, save: Save, unroll: int, init_state=None):
     varying, constant = split_time_varying(model)
-    init_model = merge_time_step(
-        jax.tree_util.tree_map(lambda x: x[0], varying), constant
-    )
-    init_key = None if keys is None else keys[0]
-    state = method.init(init_model, init_key)
+    if init_state is None:
+        init_model = merge_time_step(jax.tree_util.tree_map(lambda x: x[0], varying), constant)
+        state = method.init(init_model, None if keys is None else keys[0])
+    else:
+        state = init_state
 
     def cycle(state, inputs):
         varying_step, y, key, n = inputs
@@ -140,6 +140,25 @@ def raise_on_failure(status, method_name: str) -> None:
         )
 
 
+def check_status(history, method_name: str):
+    """Raise if any cycle of `history.info.status` failed.
+
+    With concrete values, a `DivergenceError` names the first failing cycle;
+    under tracing (`jit`, `vmap`, `grad`) an `eqx.error_if` check is attached to
+    the returned history instead.
+    """
+    status = history.info.status
+    if _checks.is_concrete(status):
+        raise_on_failure(status, method_name)
+        return history
+    return eqx.error_if(
+        history,
+        jnp.any(status != _status.OK),
+        f"{method_name}: a cycle failed numerically (non-positive-definite covariance or "
+        "non-finite state); run with throw=False and read history.info.status",
+    )
+
+
 def assimilate(
     model,
     method,
@@ -150,6 +169,7 @@ def assimilate(
     throw: bool = True,
     parallel: bool = False,
     unroll: int = 1,
+    init_state=None,
 ):
     """Run a filter over a sequence of observations with one compiled `lax.scan`.
 
@@ -168,6 +188,8 @@ def assimilate(
         parallel: use the method's parallel-in-time (associative scan) form,
             O(log T) depth on accelerators (Särkkä & García-Fernández 2021).
         unroll: `lax.scan` unroll factor (a speed knob for tiny state dimensions).
+        init_state: start from this state instead of `method.init(model, key)`
+            (to continue a run in chunks, or from a given initial ensemble).
 
     Returns:
         (final_state, history): the analysis state after y_T and a `History`.
@@ -183,24 +205,17 @@ def assimilate(
     if check_model is not None:
         check_model(model)
     if parallel:
+        if init_state is not None:
+            raise ValueError("`init_state` is not supported with `parallel=True`")
         run_parallel = getattr(method, "assimilate_parallel", None)
         if run_parallel is None:
             raise ValueError(f"`parallel=True`: {type(method).__name__} has no parallel-in-time form")
         final, history = run_parallel(model, ys, save=save)
     else:
         keys = None if key is None else jax.random.split(key, ys.shape[0] + 1)
-        final, history = _scan(model, method, ys, keys, save, unroll)
+        final, history = _scan(model, method, ys, keys, save, unroll, init_state)
     if throw:
-        status = history.info.status
-        if _checks.is_concrete(status):
-            raise_on_failure(status, type(method).__name__)
-        else:
-            history = eqx.error_if(
-                history,
-                jnp.any(status != _status.OK),
-                f"{type(method).__name__}: a cycle failed numerically (non-positive-definite "
-                "covariance or non-finite state); run with throw=False and read history.info.status",
-            )
+        history = check_status(history, type(method).__name__)
     return final, history
 
 

@@ -9,6 +9,8 @@ inside the compiled scan, so a long run keeps O(T) numbers, not T ensembles.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -16,7 +18,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from . import metrics
-from .assimilate import assimilate
+from .assimilate import assimilate, check_status
 from .gaussian import Gaussian, SqrtGaussian
 from .linalg import psd_sqrt
 from .ssm import LinearGaussianSSM, StateSpaceModel, merge_time_step, split_time_varying
@@ -228,6 +230,8 @@ def twin_experiment(
     ys: Float[Array, "T dy"] | None = None,
     keep_mean: bool = True,
     throw: bool = True,
+    chunk_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> TwinResult:
     """Simulate a truth and data from `model`, assimilate them with `method`, score.
 
@@ -242,6 +246,10 @@ def twin_experiment(
             exported from DAPPER); then `key` only drives the method.
         keep_mean: keep the (T, dx) analysis means in `cycles.mean`.
         throw: raise `DivergenceError` naming the first failing cycle.
+        chunk_size: run the scan in chunks of this many cycles (same compiled
+            function for every full chunk), calling `progress(done, total)` after
+            each; None runs one scan.
+        progress: callback for chunked runs (the `kalmax` command draws a bar).
 
     Returns:
         A `TwinResult`; `result.stats.table()` prints the averages.
@@ -264,9 +272,26 @@ def twin_experiment(
             )
         if ys.shape[0] != n_cycles:
             raise ValueError(f"`ys` must have {n_cycles} rows; got {ys.shape[0]}")
-    saver = ScoreAgainstTruth(truth, keep_mean=keep_mean)
     needs_key = bool(getattr(method, "stochastic", False))
-    final, cycles = assimilate(model, method, ys, key_method if needs_key else None, save=saver, throw=throw)
+    chunk = n_cycles if chunk_size is None else max(1, int(chunk_size))
+    state, pieces = None, []
+    chunk_keys = jax.random.split(key_method, -(-n_cycles // chunk))
+    for index, start in enumerate(range(0, n_cycles, chunk)):
+        stop = min(start + chunk, n_cycles)
+        saver = ScoreAgainstTruth(truth[start : stop + 1], keep_mean=keep_mean)
+        state, scores = assimilate(
+            model, method, ys[start:stop], chunk_keys[index] if needs_key else None,
+            save=saver, throw=False, init_state=state,
+        )
+        pieces.append(scores)
+        if progress is not None:
+            progress(stop, n_cycles)
+    final = state
+    cycles = pieces[0] if len(pieces) == 1 else jax.tree_util.tree_map(
+        lambda *xs: jnp.concatenate(xs, axis=0), *pieces
+    )
+    if throw:
+        cycles = check_status(cycles, type(method).__name__)
     burn_in = int(burn_in)
     stats = TwinStats(
         rmse_analysis=_average(cycles.rmse_analysis, burn_in),
