@@ -113,11 +113,14 @@ def navier_stokes_law_stuart(
     """2-D Navier-Stokes with the vorticity observed on every `observe_every`-th
     grid point in each direction (Law & Stuart 2012; Blömker et al. 2013).
 
-    The truth starts from a smooth random field (spectrum (-Laplacian)^(-2)); the
-    prior of v_0 is deliberately poor (mean zero, unit variance per point), so
-    that synchronisation of the estimate with the truth can be seen.
+    The prior of v_0 is a smooth random field N(0, beta^2 (-Laplacian)^(-2))
+    with a point standard deviation of about 3 (`FourierCovariance`); the truth
+    is one draw from it and methods start from its mean, the zero field, far
+    from the truth, so that synchronisation of the estimate with the truth can
+    be seen.
     """
     from .models import Flow, IntegratingFactorRK4, NavierStokes2D
+    from .spectral_covariance import FourierCovariance
 
     dtype = _dtype()
     n = int(grid_size)
@@ -131,7 +134,7 @@ def navier_stokes_law_stuart(
         dynamics_cov=None,
         obs_cov=ScalarCovariance(jnp.asarray(obs_std**2, dtype), len(indices)),
         init_mean=jnp.zeros(n * n, dtype),
-        init_cov=ScalarCovariance(jnp.asarray(1.0, dtype), n * n),
+        init_cov=FourierCovariance(n, beta=7.7, alpha=2.0, dtype=dtype),
     )
     return TwinSetup(
         name="navier-stokes-law-stuart",
