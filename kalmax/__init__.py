@@ -15,16 +15,25 @@ from .covariance import (
     ZeroCovariance,
 )
 from .experiments import TwinResult, climatology_cov, simulate, twin_experiment
+from .filters.extended import ExtendedKalmanFilter, UnscentedKalmanFilter
 from .filters.kalman import KalmanFilter, KalmanInfo
 from .filters.rts import SmootherResult, rts_smoother
+from .filters.var3d import ThreeDVar, ThreeDVarState
 from .gaussian import Gaussian, SqrtGaussian
 from .observations import FunctionObservation, IndexObservation, LinearObservation
+from .spectral_covariance import FourierCovariance, SpectralCovariance
 from .ssm import LinearDynamics, LinearGaussianSSM, StateSpaceModel, TimeVarying, as_state_space_model
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AbstractCovariance",
+    "ExtendedKalmanFilter",
+    "FourierCovariance",
+    "SpectralCovariance",
+    "ThreeDVar",
+    "ThreeDVarState",
+    "UnscentedKalmanFilter",
     "DenseCovariance",
     "DiagonalCovariance",
     "FunctionObservation",
