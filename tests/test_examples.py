@@ -1,0 +1,27 @@
+"""The examples run and show what they claim (small sizes)."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_3dvar_synchronises_navier_stokes_while_the_free_forecast_does_not(tmp_path):
+    example = load("navier_stokes_3dvar")
+    # 32 x 32 observed on every 2nd point: the same 16 x 16 observation grid as the
+    # example's 64 x 64 / every 4th point (3DVAR needs enough low modes observed).
+    out = example.run(grid_size=32, n_cycles=40, seed=1, observe_every=2)
+    assert out["start_error"] > 20 * out["obs_std"]
+    assert np.mean(out["rmse_3dvar"][-10:]) < out["obs_std"]
+    assert np.mean(out["rmse_free"][-10:]) > 20 * out["obs_std"]
+    path = example.plot(out, str(tmp_path / "ns.png"))
+    assert Path(path).stat().st_size > 10_000
