@@ -25,3 +25,12 @@ def test_3dvar_synchronises_navier_stokes_while_the_free_forecast_does_not(tmp_p
     assert np.mean(out["rmse_free"][-10:]) > 20 * out["obs_std"]
     path = example.plot(out, str(tmp_path / "ns.png"))
     assert Path(path).stat().st_size > 10_000
+
+
+def test_tracking_example_runs_and_the_smoother_beats_the_filter(tmp_path, capsys):
+    example = load("tracking_kalman")
+    example.main(["--out", str(tmp_path / "tracking.png")])
+    out = capsys.readouterr().out
+    assert "RTS smoother" in out and (tmp_path / "tracking.png").stat().st_size > 10_000
+    truth, ys, history, smoothed = example.run_experiment(seed=5)[:4]
+    assert example.rmse(smoothed.mean[:, :2], truth[:, :2]) < example.rmse(history.mean[:, :2], truth[:, :2])

@@ -1,4 +1,4 @@
-"""`make demo`: a Kalman-filter twin experiment on 2-D constant-velocity tracking.
+"""A Kalman-filter twin experiment on 2-D constant-velocity tracking (filter and RTS smoother).
 
 A target moves in the plane with nearly constant velocity. The state is
 v = (x, y, vx, vy) and, with time step dt,
@@ -17,7 +17,7 @@ inside the 95% bands (about 0.95 if the filter is calibrated), and the
 log-likelihood log p(y_1..y_T).
 
 Run:
-    python examples/demo.py [--out kalmax_demo.png] [--seed 5]
+    python examples/tracking_kalman.py [--out tracking.png] [--seed 5]
 """
 
 from __future__ import annotations
@@ -191,8 +191,8 @@ def plot(truth, ys, history, smoothed, outage: tuple[int, int], out: pathlib.Pat
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("kalmax_demo.png"),
-                        help="where to write the PNG plot (default: kalmax_demo.png)")
+    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("tracking.png"),
+                        help="where to write the PNG plot (default: tracking.png)")
     parser.add_argument("--seed", type=int, default=5,
                         help="PRNG seed of the twin experiment (default 5: a track that turns during the outage)")
     args = parser.parse_args(argv)
