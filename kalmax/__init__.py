@@ -15,11 +15,20 @@ from .covariance import (
     ZeroCovariance,
 )
 from .experiments import TwinResult, climatology_cov, simulate, twin_experiment
+from .ensemble.inflation import (
+    AdditiveInflation,
+    Inflations,
+    MultiplicativeInflation,
+    NoInflation,
+    RTPP,
+    RTPS,
+)
+from .filters.enkf import DEnKF, EnKF, EnsembleInfo, PerturbedObservations, SquareRoot
 from .filters.extended import ExtendedKalmanFilter, UnscentedKalmanFilter
 from .filters.kalman import KalmanFilter, KalmanInfo
 from .filters.rts import SmootherResult, rts_smoother
 from .filters.var3d import ThreeDVar, ThreeDVarState
-from .gaussian import Gaussian, SqrtGaussian
+from .gaussian import Ensemble, Gaussian, SqrtGaussian
 from .observations import FunctionObservation, IndexObservation, LinearObservation
 from .spectral_covariance import FourierCovariance, SpectralCovariance
 from .ssm import LinearDynamics, LinearGaussianSSM, StateSpaceModel, TimeVarying, as_state_space_model
@@ -28,6 +37,18 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AbstractCovariance",
+    "AdditiveInflation",
+    "DEnKF",
+    "EnKF",
+    "Ensemble",
+    "EnsembleInfo",
+    "Inflations",
+    "MultiplicativeInflation",
+    "NoInflation",
+    "PerturbedObservations",
+    "RTPP",
+    "RTPS",
+    "SquareRoot",
     "ExtendedKalmanFilter",
     "FourierCovariance",
     "SpectralCovariance",

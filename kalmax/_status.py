@@ -5,12 +5,14 @@ from __future__ import annotations
 OK = 0
 NOT_POSITIVE_DEFINITE = 1
 NON_FINITE = 2
+COLLAPSED = 3
 
 MESSAGES = {
     OK: "success",
     NOT_POSITIVE_DEFINITE: "a covariance that must be positive definite is not "
     "(Cholesky factorisation failed)",
     NON_FINITE: "the state became non-finite (NaN or inf)",
+    COLLAPSED: "the ensemble collapsed (its spread is zero)",
 }
 
 

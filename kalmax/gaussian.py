@@ -35,3 +35,34 @@ class SqrtGaussian(eqx.Module):
     @property
     def cov(self) -> Float[Array, "d d"]:
         return self.chol @ self.chol.T
+
+
+class Ensemble(eqx.Module):
+    """An ensemble of J members, member axis first: the state of ensemble filters.
+
+    Attributes:
+        members: (J, d) members.
+
+    `mean` and `anomalies` are computed on demand; `cov` forms the d x d
+    empirical covariance (ddof = 1) and is meant for small d only.
+    """
+
+    members: Float[Array, "J d"]
+
+    @property
+    def size(self) -> int:
+        return self.members.shape[0]
+
+    @property
+    def mean(self) -> Float[Array, " d"]:
+        return self.members.mean(axis=0)
+
+    @property
+    def anomalies(self) -> Float[Array, "J d"]:
+        """Members minus their mean (not scaled)."""
+        return self.members - self.mean[None, :]
+
+    @property
+    def cov(self) -> Float[Array, "d d"]:
+        anomalies = self.anomalies
+        return anomalies.T @ anomalies / (self.size - 1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 from jaxtyping import Array, Float
@@ -75,3 +76,58 @@ def psd_sqrt(cov: Float[Array, "d d"]) -> Float[Array, "d d"]:
     """
     eigvals, eigvecs = jnp.linalg.eigh(symmetrize(cov))
     return (eigvecs * jnp.sqrt(jnp.clip(eigvals, 0.0))[None, :]) @ eigvecs.T
+
+
+def _loewner(eigvals, values, derivs, tol):
+    """Divided differences (f(l_i) - f(l_j)) / (l_i - l_j), with f'(l) on (near-)ties."""
+    diff = eigvals[:, None] - eigvals[None, :]
+    close = jnp.abs(diff) <= tol
+    safe = jnp.where(close, 1.0, diff)
+    mean_deriv = 0.5 * (derivs[:, None] + derivs[None, :])
+    return jnp.where(close, mean_deriv, (values[:, None] - values[None, :]) / safe)
+
+
+@jax.custom_jvp
+def sym_inv_sqrt(matrix: Float[Array, "n n"]) -> Float[Array, "n n"]:
+    """C^{-1/2}, the symmetric inverse square root of a symmetric positive-definite C.
+
+    By an eigendecomposition; differentiable everywhere including at repeated
+    eigenvalues (where the derivative of `eigh` itself is undefined), through the
+    Daleckii-Krein formula dF = V (D o (V^T dC V)) V^T with the divided
+    differences D of f(l) = l^{-1/2}. The ETKF's symmetric transform
+    T = sqrt(N-1) (Y Y^T + (N-1) I)^{-1/2} has N - p repeated eigenvalues when
+    there are fewer observations p than members.
+    """
+    eigvals, eigvecs = jnp.linalg.eigh(symmetrize(matrix))
+    return (eigvecs * eigvals ** -0.5) @ eigvecs.T
+
+
+@sym_inv_sqrt.defjvp
+def _sym_inv_sqrt_jvp(primals, tangents):
+    (matrix,), (tangent,) = primals, tangents
+    eigvals, eigvecs = jnp.linalg.eigh(symmetrize(matrix))
+    values = eigvals**-0.5
+    out = (eigvecs * values) @ eigvecs.T
+    tol = 1e3 * jnp.finfo(eigvals.dtype).eps * jnp.max(jnp.abs(eigvals))
+    loewner = _loewner(eigvals, values, -0.5 * eigvals**-1.5, tol)
+    rotated = eigvecs.T @ symmetrize(tangent) @ eigvecs
+    return out, eigvecs @ (loewner * rotated) @ eigvecs.T
+
+
+def mean_preserving_rotation(key, size: int, dtype) -> Float[Array, "n n"]:
+    """A random orthogonal n x n matrix Q with Q 1 = 1 (so Q^T 1 = 1).
+
+    Applied to ensemble anomalies (rows), it changes the members but not their
+    mean or covariance: DAPPER's `rot=True` (its `genOG_1`). Built as
+    Q = B diag(1, Q') B^T with B an orthonormal basis whose first column is
+    1/sqrt(n) and Q' Haar-distributed on O(n - 1) (QR of a Gaussian matrix with
+    the signs of R's diagonal fixed; Mezzadri 2007).
+    """
+    gauss = jax.random.normal(key, (size - 1, size - 1), dtype)
+    q, r = jnp.linalg.qr(gauss)
+    q = q * jnp.sign(jnp.diagonal(r))[None, :]
+    ones = jnp.full((size, 1), 1.0 / jnp.sqrt(jnp.asarray(size, dtype)), dtype)
+    basis, _ = jnp.linalg.qr(jnp.concatenate([ones, jnp.eye(size, dtype=dtype)[:, : size - 1]], axis=1))
+    basis = basis * jnp.sign(basis[0, 0])  # first column +1/sqrt(n)
+    inner = jnp.zeros((size, size), dtype).at[0, 0].set(1.0).at[1:, 1:].set(q)
+    return basis @ inner @ basis.T

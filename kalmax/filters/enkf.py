@@ -1,0 +1,349 @@
+"""The ensemble Kalman filter: perturbed observations, square root (ETKF), DEnKF.
+
+Notation (rows are members, DAPPER's convention): forecast members E (J, d)
+with mean x and anomalies A = E - x; observed members h(E) (J, p) with mean
+y_hat and anomalies Y; Gamma = L L^T. Everything is computed in ensemble
+space from the whitened anomalies and innovation
+
+    S_Y = Y L^{-T}  (J, p),   dy = L^{-1} (y - y_hat)  (p,),
+    G   = S_Y S_Y^T + (J - 1) I_J   (J, J),
+
+so no d x d (and no p x p) matrix is ever formed.
+
+- `SquareRoot` (ETKF; Bishop, Etherton & Majumdar 2001; Hunt, Kostelich &
+  Szunyogh 2007, symmetric square root): w = dy^T S_Y^T G^{-1},
+  T = sqrt(J - 1) G^{-1/2}, E_a = x + w A + T A.
+- `PerturbedObservations` (Evensen 1994; Burgers, van Leeuwen & Evensen 1998):
+  each member is updated with its own perturbed innovation
+  d_j = L^{-1}(y + eta_j - h(e_j)) (eta_j ~ N(0, Gamma), re-centred to zero
+  mean as DAPPER does): e_j += (d_j^T S_Y^T G^{-1}) A, which is the gain
+  K = A^T Y (Y^T Y + (J - 1) Gamma)^{-1} applied in ensemble space.
+- `DEnKF` (Sakov & Oke 2008): the mean as the ETKF, anomalies
+  A_a = (I - 1/2 S_Y S_Y^T G^{-1}) A (half the gain, no perturbations).
+
+The log-likelihood term is the Gaussian approximation log N(y; y_hat, S)
+with the ensemble innovation covariance S = Y^T Y / (J - 1) + Gamma,
+evaluated by Woodbury and the determinant lemma in ensemble space.
+Missing observations (NaN entries of y) get zero whitened anomalies and
+innovation, so they carry no information, with static shapes.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
+
+from .. import _status
+from ..covariance import DenseCovariance, DiagonalCovariance, ScalarCovariance
+from ..ensemble.inflation import AbstractInflation, as_inflation
+from ..gaussian import Ensemble
+from ..linalg import LOG_2PI, cho_solve, logdet_from_chol, mean_preserving_rotation, solve_lower, sym_inv_sqrt
+from ..ssm import LinearGaussianSSM, StateSpaceModel, as_state_space_model
+
+
+class EnsembleInfo(eqx.Module):
+    """Per-cycle diagnostics of an ensemble analysis.
+
+    Attributes:
+        log_likelihood: Gaussian approximation of log p(y_{n+1} | y_{1:n}) with the
+            ensemble innovation covariance.
+        n_observed: number of non-missing entries of y_{n+1}.
+        spread: sqrt(mean_i var_i) of the analysis ensemble (ddof = 1).
+        status: result code (0 success, 2 non-finite member, 3 collapsed ensemble).
+    """
+
+    log_likelihood: Float[Array, ""]
+    n_observed: Int[Array, ""]
+    spread: Float[Array, ""]
+    status: Int[Array, ""]
+
+
+class EnsembleSpace(eqx.Module):
+    """What every ensemble analysis needs, in whitened ensemble coordinates.
+
+    Attributes:
+        mean: (d,) forecast mean x.
+        anomalies: (J, d) forecast anomalies A.
+        obs_anomalies: (J, p) whitened observed anomalies S_Y (zero where missing).
+        innovation: (p,) whitened innovation dy (zero where missing).
+        chol_gram: (J, J) Cholesky factor of G = S_Y S_Y^T + (J - 1) I.
+        mask: (p,) observed entries.
+        log_likelihood: the Gaussian-approximation log-likelihood term.
+    """
+
+    mean: Float[Array, " d"]
+    anomalies: Float[Array, "J d"]
+    obs_anomalies: Float[Array, "J p"]
+    innovation: Float[Array, " p"]
+    chol_gram: Float[Array, "J J"]
+    mask: Array
+    log_likelihood: Float[Array, ""]
+
+    def mean_weights(self) -> Float[Array, " J"]:
+        """w = dy^T S_Y^T G^{-1}: the analysis mean is x + w A."""
+        return cho_solve(self.chol_gram, self.obs_anomalies @ self.innovation)
+
+
+def whitener(obs_cov, mask):
+    """(whiten, logdet): whiten(X) applies L^{-1} to the rows' observation axis of
+    X (..., p), zeroing missing entries; logdet is log det of Gamma's observed block.
+
+    Diagonal and scalar covariances are whitened elementwise (O(p)); a dense one by
+    the Cholesky factor of Gamma with the missing rows/columns replaced by identity.
+    """
+    dtype = obs_cov.dtype
+    if isinstance(obs_cov, (DiagonalCovariance, ScalarCovariance)):
+        variances = obs_cov.diagonal()
+        scale = jnp.where(mask, 1.0 / jnp.sqrt(variances), 0.0)
+        logdet = jnp.sum(jnp.where(mask, jnp.log(variances), 0.0))
+        return (lambda x: x * scale), logdet
+    matrix = obs_cov.matrix() if not isinstance(obs_cov, DenseCovariance) else obs_cov.covariance
+    both = mask[:, None] & mask[None, :]
+    chol = jnp.linalg.cholesky(jnp.where(both, matrix, jnp.eye(mask.shape[0], dtype=dtype)))
+
+    def whiten(x):
+        x = jnp.where(mask, x, 0.0)
+        flat = x.reshape(-1, x.shape[-1])
+        return solve_lower(chol, flat.T).T.reshape(x.shape)
+
+    return whiten, logdet_from_chol(chol)
+
+
+def ensemble_space(forecast: Ensemble, observed, y, obs_cov) -> EnsembleSpace:
+    """Whitened ensemble-space quantities of a forecast ensemble and its observations.
+
+    Args:
+        forecast: the forecast `Ensemble` (J, d).
+        observed: (J, p) observation operator applied to each member.
+        y: (p,) observation, NaN where missing.
+        obs_cov: Gamma, a covariance operator.
+    """
+    size = forecast.size
+    dtype = forecast.members.dtype
+    mask = jnp.isfinite(y)
+    obs_mean = observed.mean(axis=0)
+    whiten, logdet_obs = whitener(obs_cov, mask)
+    obs_anomalies = whiten(observed - obs_mean[None, :])
+    innovation = whiten(jnp.where(mask, y - obs_mean, 0.0))
+    ridge = jnp.asarray(size - 1, dtype)
+    gram = obs_anomalies @ obs_anomalies.T + ridge * jnp.eye(size, dtype=dtype)
+    chol_gram = jnp.linalg.cholesky(gram)
+    projected = obs_anomalies @ innovation
+    quad = innovation @ innovation - projected @ cho_solve(chol_gram, projected)
+    logdet = logdet_obs + logdet_from_chol(chol_gram) - size * jnp.log(ridge)
+    n_observed = jnp.sum(mask).astype(dtype)
+    log_likelihood = -0.5 * (quad + logdet + n_observed * LOG_2PI)
+    return EnsembleSpace(
+        mean=forecast.mean,
+        anomalies=forecast.anomalies,
+        obs_anomalies=obs_anomalies,
+        innovation=innovation,
+        chol_gram=chol_gram,
+        mask=mask,
+        log_likelihood=log_likelihood,
+    )
+
+
+class AbstractEnsembleAnalysis(eqx.Module):
+    """How the forecast ensemble becomes the analysis ensemble (a strategy Module)."""
+
+    stochastic: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def __call__(self, space: EnsembleSpace, key) -> Float[Array, "J d"]:
+        """The analysis members (J, d)."""
+
+
+class SquareRoot(AbstractEnsembleAnalysis):
+    """ETKF with the symmetric square root T = sqrt(J-1) G^{-1/2} (DAPPER's 'Sqrt')."""
+
+    def __call__(self, space, key=None):
+        size = space.anomalies.shape[0]
+        dtype = space.anomalies.dtype
+        gram = space.chol_gram @ space.chol_gram.T
+        transform = jnp.sqrt(jnp.asarray(size - 1, dtype)) * sym_inv_sqrt(gram)
+        weights = space.mean_weights()
+        return space.mean[None, :] + (weights[None, :] + transform) @ space.anomalies
+
+
+class PerturbedObservations(AbstractEnsembleAnalysis):
+    """Stochastic EnKF with perturbed observations, re-centred (DAPPER's 'PertObs')."""
+
+    stochastic: ClassVar[bool] = True
+
+    def __call__(self, space, key):
+        if key is None:
+            raise ValueError("PerturbedObservations draws observation perturbations: a `key` is required")
+        size, p = space.obs_anomalies.shape
+        noise = jax.random.normal(key, (size, p), space.anomalies.dtype)
+        noise = jnp.where(space.mask[None, :], noise - noise.mean(axis=0, keepdims=True), 0.0)
+        # whitened perturbed innovations of each member: L^{-1}(y + eta_j - h(e_j))
+        innovations = space.innovation[None, :] - space.obs_anomalies + noise
+        weights = cho_solve(space.chol_gram, space.obs_anomalies @ innovations.T).T  # (J, J)
+        members = space.mean[None, :] + space.anomalies
+        return members + weights @ space.anomalies
+
+
+class DEnKF(AbstractEnsembleAnalysis):
+    """Deterministic EnKF (Sakov & Oke 2008): ETKF mean, anomalies updated with half the gain."""
+
+    def __call__(self, space, key=None):
+        weights = space.mean_weights()
+        half = 0.5 * cho_solve(space.chol_gram, space.obs_anomalies @ space.obs_anomalies.T).T
+        anomalies = space.anomalies - half @ space.anomalies
+        return space.mean[None, :] + weights @ space.anomalies + anomalies
+
+
+def _model(model, who: str) -> StateSpaceModel:
+    if isinstance(model, LinearGaussianSSM):
+        if model.n_times is not None:
+            raise ValueError(f"{who}: `model` has `TimeVarying` fields; pass `model.at(n)`")
+        return as_state_space_model(model)
+    if not isinstance(model, StateSpaceModel):
+        raise TypeError(f"{who} needs a StateSpaceModel or LinearGaussianSSM; got {type(model).__name__}")
+    return model
+
+
+def ensemble_status(members, spread):
+    """NON_FINITE if any member is non-finite, COLLAPSED if the spread is zero."""
+    non_finite = ~jnp.all(jnp.isfinite(members))
+    scale = jnp.maximum(1.0, jnp.sqrt(jnp.mean(members.mean(axis=0) ** 2)))
+    collapsed = spread <= 100 * jnp.finfo(members.dtype).eps * scale
+    return jnp.where(
+        non_finite, _status.NON_FINITE, jnp.where(collapsed, _status.COLLAPSED, _status.OK)
+    ).astype(jnp.int32)
+
+
+def forecast_members(model: StateSpaceModel, members, key):
+    """Psi vmapped over members, plus N(0, Sigma) model noise when Sigma is not zero."""
+    forecast = jax.vmap(model.dynamics)(members)
+    if model.dynamics_cov.is_zero():
+        return forecast
+    if key is None:
+        raise ValueError("the model has a `dynamics_cov`: a `key` is required to draw model noise")
+    noise = jax.random.normal(key, forecast.shape, forecast.dtype)
+    return forecast + model.dynamics_cov.sqrt_mv(noise.T).T
+
+
+def initial_members(model: StateSpaceModel, size: int, key):
+    """J draws from N(init_mean, init_cov) (never densifying init_cov)."""
+    if key is None:
+        raise ValueError("drawing the initial ensemble needs a `key`")
+    noise = jax.random.normal(key, (size, model.state_dim), model.dtype)
+    return model.init_mean[None, :] + model.init_cov.sqrt_mv(noise.T).T
+
+
+class EnKF(eqx.Module):
+    """Ensemble Kalman filter (Evensen 1994, 2009), analysis chosen by a strategy.
+
+    Args:
+        ensemble_size: number of members J >= 2 (static).
+        update: the analysis update: `SquareRoot()` (ETKF, default),
+            `PerturbedObservations()` or `DEnKF()`.
+        inflation: an inflation Module (`MultiplicativeInflation`, `RTPS`, ...), or
+            a number / (d,) array for multiplicative inflation of the analysis
+            anomalies (DAPPER's `infl`), or None.
+        rotate: apply a random mean-preserving rotation to the analysis anomalies
+            after the inflation (DAPPER's `rot=True`).
+
+    The state is an `Ensemble` (members (J, d)), the info an `EnsembleInfo`.
+    The cycle is: forecast every member (plus model noise); `inflation.prior`;
+    the analysis; `inflation.posterior`; the rotation.
+
+    Example:
+        >>> flt = kx.EnKF(24, kx.SquareRoot(), inflation=1.013, rotate=True)
+        >>> final, history = kx.assimilate(model, flt, ys, jax.random.key(0))
+    """
+
+    ensemble_size: int = eqx.field(static=True)
+    update: AbstractEnsembleAnalysis
+    inflation: AbstractInflation
+    rotate: bool = eqx.field(static=True)
+    stochastic: ClassVar[bool] = True  # the initial ensemble is drawn
+
+    def __init__(self, ensemble_size: int, update: AbstractEnsembleAnalysis | None = None, inflation=None,
+                 rotate: bool = False):
+        if isinstance(ensemble_size, bool) or int(ensemble_size) != ensemble_size or int(ensemble_size) < 2:
+            raise ValueError(f"`ensemble_size` must be an integer >= 2; got {ensemble_size}")
+        self.ensemble_size = int(ensemble_size)
+        update = SquareRoot() if update is None else update
+        if not isinstance(update, AbstractEnsembleAnalysis):
+            raise TypeError(
+                "`update` must be SquareRoot(), PerturbedObservations() or DEnKF(); "
+                f"got {type(update).__name__}"
+            )
+        self.update = update
+        self.inflation = as_inflation(inflation)
+        self.rotate = bool(rotate)
+
+    def check_model(self, model) -> None:
+        """Checks before tracing (called by `assimilate`)."""
+        model = _model(model, type(self).__name__)
+        self.inflation.check_size(model.state_dim)
+
+    def init(self, model, key) -> Ensemble:
+        """J independent draws from the prior N(init_mean, init_cov).
+
+        To start from a given ensemble, pass `init_state=kx.Ensemble(members)` to
+        `assimilate` instead.
+        """
+        model = _model(model, "EnKF.init")
+        return Ensemble(initial_members(model, self.ensemble_size, key))
+
+    def forecast(self, model, state: Ensemble, key=None) -> Ensemble:
+        """Each member through the dynamics, plus model noise N(0, dynamics_cov)."""
+        model = _model(model, "EnKF.forecast")
+        return Ensemble(forecast_members(model, state.members, key))
+
+    def analysis_step(self, model, forecast: Ensemble, y, key):
+        """The analysis without checks (shared by `analysis` and subclasses)."""
+        key_prior, key_analysis, key_post, key_rot = (
+            (None,) * 4 if key is None else tuple(jax.random.split(key, 4))
+        )
+        inflated = self.inflation.prior(forecast, key_prior)
+        observed = jax.vmap(model.observe)(inflated.members)
+        space = ensemble_space(inflated, observed, y, model.obs_cov)
+        analysis = Ensemble(self.update(space, key_analysis))
+        analysis = self.inflation.posterior(inflated, analysis, key_post)
+        if self.rotate:
+            if key_rot is None:
+                raise ValueError("`rotate=True` draws a random rotation: a `key` is required")
+            rotation = mean_preserving_rotation(key_rot, self.ensemble_size, analysis.members.dtype)
+            analysis = Ensemble(analysis.mean[None, :] + rotation @ analysis.anomalies)
+        spread = jnp.sqrt(jnp.mean(jnp.var(analysis.members, axis=0, ddof=1)))
+        info = EnsembleInfo(
+            log_likelihood=space.log_likelihood,
+            n_observed=jnp.sum(space.mask).astype(jnp.int32),
+            spread=spread,
+            status=ensemble_status(analysis.members, spread),
+        )
+        return analysis, info
+
+    def analysis(self, model, state: Ensemble, y: Float[Array, " p"], key=None):
+        """Assimilate y_{n+1} (NaN entries missing) into the forecast ensemble."""
+        model = _model(model, "EnKF.analysis")
+        if state.members.shape[0] != self.ensemble_size:
+            raise ValueError(
+                f"`state` has {state.members.shape[0]} members but `ensemble_size` is {self.ensemble_size}"
+            )
+        needs_key = self.update.stochastic or self.rotate or self.inflation.stochastic
+        if needs_key and key is None:
+            raise ValueError(f"{type(self).__name__}.analysis draws random numbers: a `key` is required")
+        return self.analysis_step(model, state, jnp.asarray(y), key)
+
+
+__all__ = [
+    "DEnKF",
+    "EnKF",
+    "EnsembleInfo",
+    "EnsembleSpace",
+    "PerturbedObservations",
+    "SquareRoot",
+    "ensemble_space",
+    "whitener",
+]
