@@ -1,0 +1,302 @@
+"""Shared helpers for the benchmarks: timing, machine description, guarded workers, tables.
+
+Every benchmark script in this folder follows one pattern:
+
+- the parent process (this file's `run_jobs`) imports no JAX; it hands lists of
+  jobs to worker processes (the same script run with `--worker`), one worker per
+  library and dtype, and waits on each job with a timeout, so that a library that
+  deadlocks (dynamax's and cuthbert's parallel filters on some jaxlib versions on
+  2-core CPUs) costs one row marked `timeout`, not the whole run;
+- the worker prints `@@START <job id>` before and `@@RESULT <json>` after each
+  job; anything else it prints goes to the log;
+- timings are taken after compilation: the first call (compile + run) is timed
+  on its own, then the median of `repeats` further calls, each ended with
+  `jax.block_until_ready`; compile time is reported as first call minus median.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import queue
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from importlib import metadata
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+START, RESULT = "@@START ", "@@RESULT "
+
+
+# -- timing (worker side) --------------------------------------------------------------
+
+
+def _block(out):
+    try:
+        import jax
+
+        return jax.block_until_ready(out)
+    except ImportError:  # NumPy-only worker
+        return out
+
+
+def time_call(fn, args=(), repeats: int = 5, max_total_s: float | None = None):
+    """Time `fn(*args)`: the first call, then the median of `repeats` more.
+
+    Args:
+        fn: the function (a compiled JAX function or a NumPy one).
+        args: its arguments.
+        repeats: number of timed calls after the first.
+        max_total_s: stop repeating once the repeats took this long (at least
+            one repeat is always made); the number actually made is returned.
+
+    Returns:
+        dict(first_s, median_s, min_s, times, repeats) and the last output.
+    """
+    t0 = time.perf_counter()
+    out = _block(fn(*args))
+    first = time.perf_counter() - t0
+    times = []
+    spent = 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = _block(fn(*args))
+        dt = time.perf_counter() - t0
+        times.append(dt)
+        spent += dt
+        if max_total_s is not None and spent > max_total_s:
+            break
+    med = statistics.median(times)
+    return {
+        "first_s": first,
+        "median_s": med,
+        "min_s": min(times),
+        "compile_s": max(first - med, 0.0),
+        "times": times,
+        "repeats": len(times),
+    }, out
+
+
+def emit(tag: str, payload) -> None:
+    """Write one protocol line to the parent."""
+    sys.stdout.write(tag + (payload if isinstance(payload, str) else json.dumps(payload)) + "\n")
+    sys.stdout.flush()
+
+
+# -- guarded workers (parent side) -----------------------------------------------------
+
+
+def _reader(stream, q):
+    for line in iter(stream.readline, ""):
+        q.put(line)
+    q.put(None)
+
+
+def run_jobs(script: Path, jobs: list[dict], env: dict, timeout_s: float, log, label: str = ""):
+    """Run `jobs` in a worker `python script --worker`, each job under `timeout_s`.
+
+    The worker is started in its own session; a job that does not report within
+    `timeout_s` is recorded as `timeout`, the worker (and only it, by its process
+    group id) is killed, and a fresh worker continues with the remaining jobs. A
+    worker that dies records its current job as `crashed`.
+
+    Yields:
+        one result dict per job, in order (with `status` "ok", "skipped",
+        "timeout", "crashed" or "error").
+    """
+    remaining = list(jobs)
+    while remaining:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), "--worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+        proc.stdin.write(json.dumps(remaining))
+        proc.stdin.close()
+        q: queue.Queue = queue.Queue()
+        threading.Thread(target=_reader, args=(proc.stdout, q), daemon=True).start()
+        current = None
+        deadline = time.monotonic() + timeout_s  # also covers the worker's import time
+        while True:
+            try:
+                line = q.get(timeout=max(deadline - time.monotonic(), 0.01))
+            except queue.Empty:
+                job = current or remaining[0]
+                print(f"  [{label}] TIMEOUT after {timeout_s:.0f} s: {job['id']}", flush=True)
+                _kill(proc)
+                yield {**job, "status": "timeout", "timeout_s": timeout_s}
+                remaining = remaining[remaining.index(job) + 1 :]
+                break
+            if line is None:  # worker exited
+                proc.wait()
+                if current is not None or remaining:
+                    job = current or remaining[0]
+                    print(f"  [{label}] worker died (rc={proc.returncode}) during {job['id']}", flush=True)
+                    yield {**job, "status": "crashed", "returncode": proc.returncode}
+                    remaining = remaining[remaining.index(job) + 1 :]
+                break
+            if line.startswith(START):
+                job_id = line[len(START) :].strip()
+                current = next(j for j in remaining if j["id"] == job_id)
+                deadline = time.monotonic() + timeout_s
+            elif line.startswith(RESULT):
+                result = json.loads(line[len(RESULT) :])
+                done = next(j for j in remaining if j["id"] == result["id"])
+                remaining = remaining[remaining.index(done) + 1 :]
+                current = None
+                deadline = time.monotonic() + timeout_s
+                yield result
+            else:
+                log.write(line)
+                log.flush()
+        if proc.poll() is None:
+            _kill(proc)
+
+
+def _kill(proc) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the worker's own process group only
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+# -- the machine -----------------------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+            else:
+                name = platform.processor() or "unknown"
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        fields = dict(
+            (k.strip(), v.strip()) for k, v in (ln.split(":", 1) for ln in out.splitlines() if ":" in ln)
+        )
+        extra = [f"family {fields[k]}" if k == "CPU family" else f"model {fields[k]}" for k in ("CPU family", "Model") if k in fields]
+        flags = fields.get("Flags", "")
+        simd = "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "")
+        if "L3 cache" in fields:
+            extra.append(f"L3 {fields['L3 cache']}")
+        if fields.get("Hypervisor vendor"):
+            extra.append(f"VM ({fields['Hypervisor vendor']})")
+        return f"{name} ({', '.join([*extra, simd] if simd else extra)})"
+    except Exception:  # noqa: BLE001 - best effort description
+        return platform.processor() or "unknown"
+
+
+def _mem_gib() -> float | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal"):
+                    return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        return None
+    return None
+
+
+def versions(packages) -> dict:
+    out = {}
+    for name in packages:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def describe_machine(packages=("jax", "jaxlib", "numpy", "equinox")) -> dict:
+    """CPU model, cores, memory, load, Python and library versions, date."""
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = os.cpu_count()
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "cores_usable": affinity,
+        "memory_gib": _mem_gib(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "versions": versions(packages),
+        "kalmax_commit": git_commit(),
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+    }
+
+
+def machine_markdown(m: dict, shared_note: str | None = None) -> str:
+    lines = [
+        f"- date: {m['date']}; kalmax commit {m['kalmax_commit']}",
+        f"- CPU: {m['cpu']}; {m['cores']} cores ({m['cores_usable']} usable); {m['memory_gib']} GiB RAM; {m['os']}",
+        f"- load average at start: {m['load_average_at_start']}",
+        f"- Python {m['python']}; " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
+    ]
+    if m.get("blas_threads") is not None:
+        lines.append(f"- OpenBLAS/OMP threads per process (jax's CPU LAPACK calls): {m['blas_threads']}")
+    if m.get("XLA_FLAGS"):
+        lines.append(f"- XLA_FLAGS={m['XLA_FLAGS']}")
+    if shared_note:
+        lines.append(f"- {shared_note}")
+    return "\n".join(lines)
+
+
+# -- tables ----------------------------------------------------------------------------
+
+
+def fmt_time(s) -> str:
+    if s is None:
+        return "—"
+    if isinstance(s, str):
+        return s
+    if s < 1e-3:
+        return f"{s * 1e6:.0f} µs"
+    if s < 1:
+        return f"{s * 1e3:.3g} ms"
+    return f"{s:.3g} s"
+
+
+def fmt_ratio(r) -> str:
+    if r is None:
+        return ""
+    return f"{r:.2g}x" if r < 10 else f"{r:.0f}x"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def text_table(header: list[str], rows: list[list[str]]) -> str:
+    """A fixed-width table for the terminal, with the header as the first line."""
+    cols = [header, *rows]
+    widths = [max(len(str(r[i])) for r in cols) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return "\n".join([line(header), "  ".join("-" * w for w in widths), *(line(r) for r in rows)])
