@@ -194,7 +194,6 @@ def assimilate(
     Returns:
         (final_state, history): the analysis state after y_T and a `History`.
     """
-    ys = check_observations(model, ys)
     if _is_stochastic(method) and key is None:
         raise ValueError(
             f"`key` is required: {type(method).__name__} is stochastic; pass jax.random.key(seed)"
@@ -204,6 +203,10 @@ def assimilate(
     check_model = getattr(method, "check_model", None)
     if check_model is not None:
         check_model(model)
+    prepare_model = getattr(method, "prepare_model", None)
+    if prepare_model is not None:
+        model = prepare_model(model)
+    ys = check_observations(model, ys)
     if parallel:
         if init_state is not None:
             raise ValueError("`init_state` is not supported with `parallel=True`")

@@ -19,6 +19,7 @@ import abc
 
 import equinox as eqx
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 from . import _checks
@@ -75,7 +76,8 @@ class AbstractCovariance(eqx.Module):
 
 
 class DenseCovariance(AbstractCovariance):
-    """A dense covariance matrix; square roots are Cholesky factors."""
+    """A dense covariance matrix; square roots are Cholesky factors, so sampling and
+    whitening need it positive definite (use `ZeroCovariance` for no noise)."""
 
     covariance: Float[Array, "d d"]
 
@@ -293,6 +295,8 @@ def as_covariance(name: str, value, dim: int, dtype, *, allow_zero: bool = True)
                 f"(DiagonalCovariance, ScalarCovariance); got an array of shape {tuple(array.shape)}"
             )
         _checks.check_covariance(name, array, dim)
+        if allow_zero and _checks.is_concrete(array) and not np.any(np.asarray(array) != 0):
+            return ZeroCovariance(dim, dtype)  # an all-zero matrix means no noise
         value = DenseCovariance(array)
     if value.dim != dim:
         raise ValueError(f"`{name}` must have size {dim}; got a {type(value).__name__} of size {value.dim}")

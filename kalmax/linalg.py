@@ -7,6 +7,7 @@ factor. Nothing here forms a matrix larger than its inputs.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -87,31 +88,50 @@ def _loewner(eigvals, values, derivs, tol):
     return jnp.where(close, mean_deriv, (values[:, None] - values[None, :]) / safe)
 
 
-@jax.custom_jvp
-def sym_inv_sqrt(matrix: Float[Array, "n n"]) -> Float[Array, "n n"]:
-    """C^{-1/2}, the symmetric inverse square root of a symmetric positive-definite C.
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def sym_matrix_function(function, matrix: Float[Array, "n n"], *params) -> Float[Array, "n n"]:
+    """f(C) = V f(L) V^T for a symmetric C = V L V^T and a scalar function f.
 
     By an eigendecomposition; differentiable everywhere including at repeated
     eigenvalues (where the derivative of `eigh` itself is undefined), through the
     Daleckii-Krein formula dF = V (D o (V^T dC V)) V^T with the divided
-    differences D of f(l) = l^{-1/2}. The ETKF's symmetric transform
-    T = sqrt(N-1) (Y Y^T + (N-1) I)^{-1/2} has N - p repeated eigenvalues when
-    there are fewer observations p than members.
+    differences D of f. Ensemble transforms need this: the ETKF's
+    (Y Y^T + (N-1) I)^{-1/2} has N - p repeated eigenvalues when there are fewer
+    observations p than members.
+
+    Args:
+        function: `function(eigvals, *params)`, elementwise in the eigenvalues; a
+            module-level function (static: it must not close over traced values).
+        matrix: (n, n) symmetric matrix.
+        *params: arrays passed to `function`, treated as constants (no derivative
+            flows to them).
     """
     eigvals, eigvecs = jnp.linalg.eigh(symmetrize(matrix))
-    return (eigvecs * eigvals ** -0.5) @ eigvecs.T
+    return (eigvecs * function(eigvals, *params)) @ eigvecs.T
 
 
-@sym_inv_sqrt.defjvp
-def _sym_inv_sqrt_jvp(primals, tangents):
-    (matrix,), (tangent,) = primals, tangents
+@sym_matrix_function.defjvp
+def _sym_matrix_function_jvp(function, primals, tangents):
+    matrix, params = primals[0], primals[1:]
+    tangent = tangents[0]
     eigvals, eigvecs = jnp.linalg.eigh(symmetrize(matrix))
-    values = eigvals**-0.5
+    values = function(eigvals, *params)
+    derivs = jax.vmap(jax.grad(lambda x: function(x[None], *params)[0]))(eigvals)
     out = (eigvecs * values) @ eigvecs.T
-    tol = 1e3 * jnp.finfo(eigvals.dtype).eps * jnp.max(jnp.abs(eigvals))
-    loewner = _loewner(eigvals, values, -0.5 * eigvals**-1.5, tol)
+    tol = 1e3 * jnp.finfo(eigvals.dtype).eps * jnp.maximum(jnp.max(jnp.abs(eigvals)), 1.0)
+    loewner = _loewner(eigvals, values, derivs, tol)
     rotated = eigvecs.T @ symmetrize(tangent) @ eigvecs
     return out, eigvecs @ (loewner * rotated) @ eigvecs.T
+
+
+def sym_inv_sqrt(matrix: Float[Array, "n n"]) -> Float[Array, "n n"]:
+    """C^{-1/2}, the symmetric inverse square root of a symmetric positive-definite C
+    (differentiable at repeated eigenvalues: see `sym_matrix_function`)."""
+    return sym_matrix_function(_inv_sqrt, matrix)
+
+
+def _inv_sqrt(x):
+    return x**-0.5
 
 
 def mean_preserving_rotation(key, size: int, dtype) -> Float[Array, "n n"]:

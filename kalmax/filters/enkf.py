@@ -42,7 +42,15 @@ from .. import _status
 from ..covariance import DenseCovariance, DiagonalCovariance, ScalarCovariance
 from ..ensemble.inflation import AbstractInflation, as_inflation
 from ..gaussian import Ensemble
-from ..linalg import LOG_2PI, cho_solve, logdet_from_chol, mean_preserving_rotation, solve_lower, sym_inv_sqrt
+from ..linalg import (
+    LOG_2PI,
+    cho_solve,
+    logdet_from_chol,
+    mean_preserving_rotation,
+    solve_lower,
+    sym_inv_sqrt,
+    sym_matrix_function,
+)
 from ..ssm import LinearGaussianSSM, StateSpaceModel, as_state_space_model
 
 
@@ -64,14 +72,21 @@ class EnsembleInfo(eqx.Module):
 
 
 class EnsembleSpace(eqx.Module):
-    """What every ensemble analysis needs, in whitened ensemble coordinates.
+    """What every ensemble analysis needs, in whitened coordinates.
+
+    With S = S_Y (J, p) and c = J - 1, the analysis algebra uses either the
+    ensemble-space Gram matrix G = S S^T + c I_J (when p >= J) or the
+    observation-space one M = S^T S + c I_p (when p < J, e.g. few observations
+    and a large ensemble), related by the push-through identity
+    G^{-1} S = S M^{-1}; the cost is then O(J^2 (p + d)) or O(p^2 (J + d)).
 
     Attributes:
         mean: (d,) forecast mean x.
         anomalies: (J, d) forecast anomalies A.
-        obs_anomalies: (J, p) whitened observed anomalies S_Y (zero where missing).
+        obs_anomalies: (J, p) whitened observed anomalies S (zero where missing).
         innovation: (p,) whitened innovation dy (zero where missing).
-        chol_gram: (J, J) Cholesky factor of G = S_Y S_Y^T + (J - 1) I.
+        chol_gram: (J, J) Cholesky factor of G, or None in observation space.
+        chol_obs_gram: (p, p) Cholesky factor of M, or None in ensemble space.
         mask: (p,) observed entries.
         log_likelihood: the Gaussian-approximation log-likelihood term.
     """
@@ -80,13 +95,59 @@ class EnsembleSpace(eqx.Module):
     anomalies: Float[Array, "J d"]
     obs_anomalies: Float[Array, "J p"]
     innovation: Float[Array, " p"]
-    chol_gram: Float[Array, "J J"]
+    chol_gram: Float[Array, "J J"] | None
+    chol_obs_gram: Float[Array, "p p"] | None
     mask: Array
     log_likelihood: Float[Array, ""]
 
+    @property
+    def ridge(self):
+        return jnp.asarray(self.anomalies.shape[0] - 1, self.anomalies.dtype)
+
+    def gain_weights(self, innovations: Float[Array, "k p"]) -> Float[Array, "k J"]:
+        """Rows (G^{-1} S d_k)^T: member weights of the gain applied to whitened innovations."""
+        if self.chol_gram is not None:
+            return cho_solve(self.chol_gram, self.obs_anomalies @ innovations.T).T
+        return cho_solve(self.chol_obs_gram, innovations.T).T @ self.obs_anomalies.T
+
     def mean_weights(self) -> Float[Array, " J"]:
-        """w = dy^T S_Y^T G^{-1}: the analysis mean is x + w A."""
-        return cho_solve(self.chol_gram, self.obs_anomalies @ self.innovation)
+        """w = G^{-1} S dy: the analysis mean is x + w A."""
+        return self.gain_weights(self.innovation[None, :])[0]
+
+    def gain_increments(self, innovations: Float[Array, "J p"]) -> Float[Array, "J d"]:
+        """Rows (G^{-1} S d_j)^T A = K d_j for whitened innovations d_j, one per member."""
+        if self.chol_gram is not None:
+            return self.gain_weights(innovations) @ self.anomalies
+        return innovations @ cho_solve(self.chol_obs_gram, self.obs_anomalies.T @ self.anomalies)
+
+    def sqrt_transform(self) -> Float[Array, "J d"]:
+        """T A with the symmetric square root T = sqrt(c) G^{-1/2} (the ETKF's anomalies).
+
+        In observation space, G^{-1/2} = c^{-1/2} I + S g(S^T S) S^T with the
+        divided difference g(l) = ((c + l)^{-1/2} - c^{-1/2}) / l, so that
+        T = I + S (sqrt(c) g)(S^T S) S^T, sqrt(c) g(l) = -1 / (sqrt(c + l) (sqrt(c + l) + sqrt(c))).
+        """
+        ridge = self.ridge
+        if self.chol_gram is not None:
+            gram = self.chol_gram @ self.chol_gram.T
+            return jnp.sqrt(ridge) * (sym_inv_sqrt(gram) @ self.anomalies)
+        inner = self.obs_anomalies.T @ self.obs_anomalies
+        correction = sym_matrix_function(_scaled_inv_sqrt_divided, inner, ridge)
+        return self.anomalies + self.obs_anomalies @ (correction @ (self.obs_anomalies.T @ self.anomalies))
+
+    def half_gain_anomalies(self) -> Float[Array, "J d"]:
+        """(I - 1/2 S S^T G^{-1}) A: DEnKF's anomalies (half the gain, no perturbations)."""
+        spread_obs = self.obs_anomalies
+        if self.chol_gram is not None:
+            half = 0.5 * cho_solve(self.chol_gram, spread_obs @ spread_obs.T).T
+            return self.anomalies - half @ self.anomalies
+        return self.anomalies - 0.5 * spread_obs @ cho_solve(self.chol_obs_gram, spread_obs.T @ self.anomalies)
+
+
+def _scaled_inv_sqrt_divided(eigvals, ridge):
+    """sqrt(c) ((c + l)^{-1/2} - c^{-1/2}) / l = -1 / (sqrt(c + l) (sqrt(c + l) + sqrt(c)))."""
+    shifted = jnp.sqrt(ridge + eigvals)
+    return -1.0 / (shifted * (shifted + jnp.sqrt(ridge)))
 
 
 def whitener(obs_cov, mask):
@@ -114,7 +175,7 @@ def whitener(obs_cov, mask):
     return whiten, logdet_from_chol(chol)
 
 
-def ensemble_space(forecast: Ensemble, observed, y, obs_cov) -> EnsembleSpace:
+def ensemble_space(forecast: Ensemble, observed, y, obs_cov, observation_space: bool | None = None) -> EnsembleSpace:
     """Whitened ensemble-space quantities of a forecast ensemble and its observations.
 
     Args:
@@ -122,8 +183,10 @@ def ensemble_space(forecast: Ensemble, observed, y, obs_cov) -> EnsembleSpace:
         observed: (J, p) observation operator applied to each member.
         y: (p,) observation, NaN where missing.
         obs_cov: Gamma, a covariance operator.
+        observation_space: factor the p x p Gram matrix instead of the J x J one;
+            default (None): when p < J.
     """
-    size = forecast.size
+    size, p = observed.shape
     dtype = forecast.members.dtype
     mask = jnp.isfinite(y)
     obs_mean = observed.mean(axis=0)
@@ -131,12 +194,22 @@ def ensemble_space(forecast: Ensemble, observed, y, obs_cov) -> EnsembleSpace:
     obs_anomalies = whiten(observed - obs_mean[None, :])
     innovation = whiten(jnp.where(mask, y - obs_mean, 0.0))
     ridge = jnp.asarray(size - 1, dtype)
-    gram = obs_anomalies @ obs_anomalies.T + ridge * jnp.eye(size, dtype=dtype)
-    chol_gram = jnp.linalg.cholesky(gram)
-    projected = obs_anomalies @ innovation
-    quad = innovation @ innovation - projected @ cho_solve(chol_gram, projected)
-    logdet = logdet_obs + logdet_from_chol(chol_gram) - size * jnp.log(ridge)
     n_observed = jnp.sum(mask).astype(dtype)
+    if observation_space is None:
+        observation_space = p < size
+    if observation_space:
+        chol_obs = jnp.linalg.cholesky(obs_anomalies.T @ obs_anomalies + ridge * jnp.eye(p, dtype=dtype))
+        chol_gram = None
+        # whitened S = M / c: quad = c dy^T M^{-1} dy, log det = log det M - p log c
+        quad = ridge * (innovation @ cho_solve(chol_obs, innovation))
+        logdet = logdet_obs + logdet_from_chol(chol_obs) - p * jnp.log(ridge)
+    else:
+        chol_obs = None
+        chol_gram = jnp.linalg.cholesky(obs_anomalies @ obs_anomalies.T + ridge * jnp.eye(size, dtype=dtype))
+        # Woodbury and the determinant lemma in ensemble space
+        projected = obs_anomalies @ innovation
+        quad = innovation @ innovation - projected @ cho_solve(chol_gram, projected)
+        logdet = logdet_obs + logdet_from_chol(chol_gram) - size * jnp.log(ridge)
     log_likelihood = -0.5 * (quad + logdet + n_observed * LOG_2PI)
     return EnsembleSpace(
         mean=forecast.mean,
@@ -144,6 +217,7 @@ def ensemble_space(forecast: Ensemble, observed, y, obs_cov) -> EnsembleSpace:
         obs_anomalies=obs_anomalies,
         innovation=innovation,
         chol_gram=chol_gram,
+        chol_obs_gram=chol_obs,
         mask=mask,
         log_likelihood=log_likelihood,
     )
@@ -163,12 +237,8 @@ class SquareRoot(AbstractEnsembleAnalysis):
     """ETKF with the symmetric square root T = sqrt(J-1) G^{-1/2} (DAPPER's 'Sqrt')."""
 
     def __call__(self, space, key=None):
-        size = space.anomalies.shape[0]
-        dtype = space.anomalies.dtype
-        gram = space.chol_gram @ space.chol_gram.T
-        transform = jnp.sqrt(jnp.asarray(size - 1, dtype)) * sym_inv_sqrt(gram)
-        weights = space.mean_weights()
-        return space.mean[None, :] + (weights[None, :] + transform) @ space.anomalies
+        mean = space.mean + space.mean_weights() @ space.anomalies
+        return mean[None, :] + space.sqrt_transform()
 
 
 class PerturbedObservations(AbstractEnsembleAnalysis):
@@ -184,19 +254,16 @@ class PerturbedObservations(AbstractEnsembleAnalysis):
         noise = jnp.where(space.mask[None, :], noise - noise.mean(axis=0, keepdims=True), 0.0)
         # whitened perturbed innovations of each member: L^{-1}(y + eta_j - h(e_j))
         innovations = space.innovation[None, :] - space.obs_anomalies + noise
-        weights = cho_solve(space.chol_gram, space.obs_anomalies @ innovations.T).T  # (J, J)
         members = space.mean[None, :] + space.anomalies
-        return members + weights @ space.anomalies
+        return members + space.gain_increments(innovations)
 
 
 class DEnKF(AbstractEnsembleAnalysis):
     """Deterministic EnKF (Sakov & Oke 2008): ETKF mean, anomalies updated with half the gain."""
 
     def __call__(self, space, key=None):
-        weights = space.mean_weights()
-        half = 0.5 * cho_solve(space.chol_gram, space.obs_anomalies @ space.obs_anomalies.T).T
-        anomalies = space.anomalies - half @ space.anomalies
-        return space.mean[None, :] + weights @ space.anomalies + anomalies
+        mean = space.mean + space.mean_weights() @ space.anomalies
+        return mean[None, :] + space.half_gain_anomalies()
 
 
 def _model(model, who: str) -> StateSpaceModel:
@@ -250,6 +317,8 @@ class EnKF(eqx.Module):
             anomalies (DAPPER's `infl`), or None.
         rotate: apply a random mean-preserving rotation to the analysis anomalies
             after the inflation (DAPPER's `rot=True`).
+        sharding: a `kalmax.sharding.MemberSharding` to split the members over
+            several devices (the forecast runs on each device's members), or None.
 
     The state is an `Ensemble` (members (J, d)), the info an `EnsembleInfo`.
     The cycle is: forecast every member (plus model noise); `inflation.prior`;
@@ -264,10 +333,11 @@ class EnKF(eqx.Module):
     update: AbstractEnsembleAnalysis
     inflation: AbstractInflation
     rotate: bool = eqx.field(static=True)
+    sharding: object = eqx.field(static=True, default=None)
     stochastic: ClassVar[bool] = True  # the initial ensemble is drawn
 
     def __init__(self, ensemble_size: int, update: AbstractEnsembleAnalysis | None = None, inflation=None,
-                 rotate: bool = False):
+                 rotate: bool = False, sharding=None):
         if isinstance(ensemble_size, bool) or int(ensemble_size) != ensemble_size or int(ensemble_size) < 2:
             raise ValueError(f"`ensemble_size` must be an integer >= 2; got {ensemble_size}")
         self.ensemble_size = int(ensemble_size)
@@ -280,11 +350,26 @@ class EnKF(eqx.Module):
         self.update = update
         self.inflation = as_inflation(inflation)
         self.rotate = bool(rotate)
+        if sharding is not None:
+            from ..sharding import AbstractEnsembleSharding
+
+            if not isinstance(sharding, AbstractEnsembleSharding):
+                raise TypeError(f"`sharding` must be a MemberSharding (kalmax.sharding) or None; got {type(sharding).__name__}")
+            sharding.check_size(self.ensemble_size, None)
+        self.sharding = sharding
 
     def check_model(self, model) -> None:
         """Checks before tracing (called by `assimilate`)."""
         model = _model(model, type(self).__name__)
         self.inflation.check_size(model.state_dim)
+        if self.sharding is not None:
+            self.sharding.check_size(self.ensemble_size, model.state_dim)
+
+    def prepare_model(self, model) -> StateSpaceModel:
+        """Before tracing (called by `assimilate`): view a `LinearGaussianSSM` as a
+        `StateSpaceModel` while its arrays are concrete, so that an all-zero
+        `dynamics_cov` becomes a `ZeroCovariance` (no noise drawn)."""
+        return _model(model, type(self).__name__) if isinstance(model, LinearGaussianSSM) else model
 
     def init(self, model, key) -> Ensemble:
         """J independent draws from the prior N(init_mean, init_cov).
@@ -293,12 +378,20 @@ class EnKF(eqx.Module):
         `assimilate` instead.
         """
         model = _model(model, "EnKF.init")
-        return Ensemble(initial_members(model, self.ensemble_size, key))
+        return Ensemble(self._constrain(initial_members(model, self.ensemble_size, key)))
+
+    def _constrain(self, members):
+        return members if self.sharding is None else self.sharding.constrain(members)
 
     def forecast(self, model, state: Ensemble, key=None) -> Ensemble:
-        """Each member through the dynamics, plus model noise N(0, dynamics_cov)."""
+        """Each member through the dynamics, plus model noise N(0, dynamics_cov).
+
+        With `sharding`, the members are constrained to it before and after, so
+        the vmapped model runs on each device's own members.
+        """
         model = _model(model, "EnKF.forecast")
-        return Ensemble(forecast_members(model, state.members, key))
+        members = forecast_members(model, self._constrain(state.members), key)
+        return Ensemble(self._constrain(members))
 
     def analysis_step(self, model, forecast: Ensemble, y, key):
         """The analysis without checks (shared by `analysis` and subclasses)."""
