@@ -20,7 +20,8 @@ def run_cli(capsys, *argv):
 def test_list_names_models_presets_and_methods(capsys):
     code, out, _ = run_cli(capsys, "list")
     assert code == 0
-    for name in ["lorenz63", "lorenz96", "navier-stokes", "lorenz96-sakov2008", "3dvar", "ekf", "ukf"]:
+    for name in ["lorenz63", "lorenz96", "navier-stokes", "lorenz96-sakov2008", "3dvar", "ekf", "ukf", "enkf", "etkf",
+                 "denkf"]:
         assert name in out
 
 
@@ -60,10 +61,81 @@ def test_unknown_names_list_the_valid_ones(capsys, argv, match):
 
 
 def test_help_is_complete():
-    for argv in (["--help"], ["twin", "--help"]):
+    outputs = {}
+    for argv in (["--help"], ["twin", "--help"], ["sweep", "--help"]):
         result = subprocess.run([sys.executable, "-m", "kalmax.cli", *argv], capture_output=True, text=True, timeout=120)
         assert result.returncode == 0
-    assert "--inflation" in result.stdout and "--plot" in result.stdout and "--xb" in result.stdout
+        outputs[argv[0]] = result.stdout
+    assert "sweep" in outputs["--help"] and "twin" in outputs["--help"]
+    for option in ["--inflation", "--plot", "--xb", "--ensemble-size", "--rotate", "--no-rotate"]:
+        assert option in outputs["twin"], option
+    for option in ["--inflation", "--seeds", "--ensemble-size", "--radius", "--rotate", "--batch-size", "--sequential",
+                   "--cycles"]:
+        assert option in outputs["sweep"], option
+
+
+@pytest.mark.parametrize(
+    "preset, method, expected",
+    [
+        ("lorenz96", "etkf", (24, 1.013, True, "SquareRoot")),
+        ("lorenz96", "enkf", (40, 1.06, False, "PerturbedObservations")),
+        ("lorenz96", "denkf", (40, 1.01, False, "DEnKF")),
+        ("lorenz63", "etkf", (10, 1.02, True, "SquareRoot")),
+        ("lorenz63", "enkf", (10, 1.04, False, "PerturbedObservations")),
+    ],
+)
+def test_ensemble_methods_default_to_the_published_settings(preset, method, expected):
+    jax.config.update("jax_enable_x64", True)
+    args = cli.build_parser().parse_args(["twin", "--model", preset, "--method", method])
+    flt = cli.METHODS[method].build(presets.get_preset(preset), args, jax.random.key(0))
+    size, infl, rotate, update = expected
+    assert isinstance(flt, kx.EnKF) and type(flt.update).__name__ == update
+    assert (flt.ensemble_size, flt.rotate) == (size, rotate)
+    assert float(flt.inflation.factor) == pytest.approx(infl)
+    args = cli.build_parser().parse_args(
+        ["twin", "--model", preset, "--method", method, "--ensemble-size", "6", "--inflation", "1.1", "--no-rotate"]
+    )
+    flt = cli.METHODS[method].build(presets.get_preset(preset), args, jax.random.key(0))
+    assert (flt.ensemble_size, flt.rotate, float(flt.inflation.factor)) == (6, False, pytest.approx(1.1))
+
+
+def test_twin_etkf_lorenz96(capsys):
+    code, out, _ = run_cli(capsys, "twin", "--model", "lorenz96", "--method", "etkf", "--cycles", "80", "--burn-in", "30")
+    assert code == 0 and "etkf (EnKF)" in out
+    rmse = float(next(line for line in out.splitlines() if line.startswith("analysis rmse")).split()[-1])
+    assert rmse < 0.4  # published long-run 0.18 (N=24, infl 1.013, rotation)
+
+
+def test_sweep_prints_a_table(capsys):
+    code, out, err = run_cli(
+        capsys, "sweep", "--model", "lorenz96", "--method", "etkf", "--ensemble-size", "24", "--inflation", "1.02",
+        "1.05", "--seeds", "2", "--cycles", "40", "--burn-in", "10",
+    )
+    assert code == 0, err
+    assert "2 settings x 2 seeds in one compiled call" in out and "rmse.a ± stderr" in out
+    rows = [line for line in out.splitlines() if " | " in line and "rmse" not in line]
+    assert [row.split()[0] for row in rows] == ["1.02", "1.05"]
+    assert all(row.endswith("0/2") for row in rows)
+    rmse = [float(row.split("|")[1].split()[0]) for row in rows]
+    assert all(0 < r < 0.5 for r in rmse)
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["sweep", "--method", "etkff"], "unknown method 'etkff'; valid methods: 3dvar, ekf, ukf, enkf, etkf, denkf"),
+        (["sweep", "--method", "etkf", "--radius", "2", "4"],
+         "--radius does not apply to --method etkf on lorenz96-sakov2008; its sweepable options: --inflation"),
+        (["sweep", "--model", "lorenz99"], "unknown preset or model 'lorenz99'"),
+        (["sweep", "--method", "etkf", "--inflation", "0.9", "--cycles", "10", "--burn-in", "2"],
+         "make_method(inflation=0.9) failed: `inflation` must be >= 1"),
+        (["twin", "--method", "etkf", "--ensemble-size", "1"], "`ensemble_size` must be an integer >= 2"),
+    ],
+)
+def test_sweep_errors_are_clear(capsys, argv, match):
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2
+    assert match in err
 
 
 def test_presets_match_the_reference_definitions():
