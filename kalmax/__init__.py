@@ -23,9 +23,21 @@ from .ensemble.inflation import (
     RTPP,
     RTPS,
 )
+from .ensemble.localization import (
+    AbstractGeometry,
+    AbstractTaper,
+    GaspariCohn,
+    GaussianTaper,
+    Localization,
+    ObservationLocations,
+    Periodic1D,
+    Periodic2D,
+    StepTaper,
+)
 from .filters.enkf import DEnKF, EnKF, EnsembleInfo, PerturbedObservations, SquareRoot
 from .filters.extended import ExtendedKalmanFilter, UnscentedKalmanFilter
 from .filters.kalman import KalmanFilter, KalmanInfo
+from .filters.letkf import LETKF
 from .filters.rts import SmootherResult, rts_smoother
 from .filters.var3d import ThreeDVar, ThreeDVarState
 from .gaussian import Ensemble, Gaussian, SqrtGaussian
@@ -37,6 +49,16 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AbstractCovariance",
+    "AbstractGeometry",
+    "AbstractTaper",
+    "GaspariCohn",
+    "GaussianTaper",
+    "LETKF",
+    "Localization",
+    "ObservationLocations",
+    "Periodic1D",
+    "Periodic2D",
+    "StepTaper",
     "AdditiveInflation",
     "DEnKF",
     "EnKF",

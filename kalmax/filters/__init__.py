@@ -1,6 +1,25 @@
 """Filters: one file a family."""
 
+from .enkf import DEnKF, EnKF, EnsembleInfo, PerturbedObservations, SquareRoot
+from .extended import ExtendedKalmanFilter, UnscentedKalmanFilter
 from .kalman import KalmanFilter, KalmanInfo
+from .letkf import LETKF
 from .rts import SmootherResult, rts_smoother
+from .var3d import ThreeDVar, ThreeDVarState
 
-__all__ = ["KalmanFilter", "KalmanInfo", "SmootherResult", "rts_smoother"]
+__all__ = [
+    "DEnKF",
+    "EnKF",
+    "EnsembleInfo",
+    "ExtendedKalmanFilter",
+    "KalmanFilter",
+    "KalmanInfo",
+    "LETKF",
+    "PerturbedObservations",
+    "SmootherResult",
+    "SquareRoot",
+    "ThreeDVar",
+    "ThreeDVarState",
+    "UnscentedKalmanFilter",
+    "rts_smoother",
+]
