@@ -61,7 +61,7 @@ from .. import _checks
 from ..gaussian import Gaussian
 from ..linalg import solve_lower, symmetrize
 from ..ssm import LinearGaussianSSM, StateSpaceModel, as_state_space_model
-from .kalman import KalmanInfo, _log_likelihood, _status_of, gaussian_update, masked_observation_model
+from .kalman import KalmanInfo, innovation_log_likelihood, analysis_status, gaussian_update, masked_observation_model
 
 __all__ = ["ExtendedKalmanFilter", "UnscentedKalmanFilter"]
 
@@ -378,6 +378,6 @@ class UnscentedKalmanFilter(eqx.Module):
         chol_post = jnp.linalg.cholesky(cov)
         factors = jnp.concatenate([chol_innov.ravel(), chol_prior.ravel(), chol_post.ravel()])
         info = KalmanInfo(
-            _log_likelihood(whitened, chol_innov, n_observed), n_observed, _status_of(factors, mean)
+            innovation_log_likelihood(whitened, chol_innov, n_observed), n_observed, analysis_status(factors, mean)
         )
         return Gaussian(mean, cov), info

@@ -69,7 +69,7 @@ def masked_observation_model(y, observation, obs_cov, obs_offset):
     return target - offset, observation, obs_cov, mask
 
 
-def _status_of(chol_innovation, mean):
+def analysis_status(chol_innovation, mean):
     not_pd = ~jnp.all(jnp.isfinite(chol_innovation))
     non_finite = ~jnp.all(jnp.isfinite(mean))
     return jnp.where(
@@ -87,7 +87,7 @@ def _require_one_cycle(model, who: str) -> None:
         )
 
 
-def _log_likelihood(whitened, chol_innov, n_observed):
+def innovation_log_likelihood(whitened, chol_innov, n_observed):
     """log N(v; 0, S) of the observed entries, from w = L_S^{-1} v (missing entries
     are decoupled unit-variance zeros and their log N(0; 0, 1) terms are removed)."""
     dy = whitened.shape[0]
@@ -133,7 +133,7 @@ def gaussian_update(
         new_cov = cov - weights.T @ weights
     n_observed = jnp.sum(mask).astype(jnp.int32)
     info = KalmanInfo(
-        _log_likelihood(whitened, chol_innov, n_observed), n_observed, _status_of(chol_innov, new_mean)
+        innovation_log_likelihood(whitened, chol_innov, n_observed), n_observed, analysis_status(chol_innov, new_mean)
     )
     return Gaussian(new_mean, symmetrize(new_cov)), info
 
@@ -215,7 +215,7 @@ class KalmanFilter(eqx.Module):
         mean = state.mean + cross @ whitened
         n_observed = jnp.sum(mask).astype(jnp.int32)
         info = KalmanInfo(
-            _log_likelihood(whitened, chol_innov, n_observed), n_observed, _status_of(chol_innov, mean)
+            innovation_log_likelihood(whitened, chol_innov, n_observed), n_observed, analysis_status(chol_innov, mean)
         )
         return SqrtGaussian(mean, lower[dy:, dy:]), info
 

@@ -67,7 +67,7 @@ from ..assimilate import History, Save
 from ..gaussian import Gaussian
 from ..linalg import cho_solve, solve_lower, symmetrize
 from ..ssm import LinearGaussianSSM, merge_time_step, split_time_varying
-from .kalman import KalmanInfo, _log_likelihood, _status_of, masked_observation_model
+from .kalman import KalmanInfo, innovation_log_likelihood, analysis_status, masked_observation_model
 
 
 class FilterElement(eqx.Module):
@@ -175,8 +175,8 @@ def _step_info(step: LinearGaussianSSM, pred_mean, pred_cov, y, mean) -> KalmanI
     innovation = jnp.where(mask, target - obs_matrix @ pred_mean, 0.0)
     chol = jnp.linalg.cholesky(symmetrize(obs_matrix @ pred_cov @ obs_matrix.T + obs_cov))
     n_observed = jnp.sum(mask).astype(jnp.int32)
-    log_likelihood = _log_likelihood(solve_lower(chol, innovation), chol, n_observed)
-    return KalmanInfo(log_likelihood, n_observed, _status_of(chol, mean))
+    log_likelihood = innovation_log_likelihood(solve_lower(chol, innovation), chol, n_observed)
+    return KalmanInfo(log_likelihood, n_observed, analysis_status(chol, mean))
 
 
 @eqx.filter_jit

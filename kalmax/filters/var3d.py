@@ -53,7 +53,7 @@ from ..covariance import AbstractCovariance, DenseCovariance
 from ..linalg import solve_lower, symmetrize
 from ..observations import FunctionObservation, IndexObservation, LinearObservation
 from ..ssm import LinearGaussianSSM, StateSpaceModel, as_state_space_model
-from .kalman import KalmanInfo, _log_likelihood, _status_of
+from .kalman import KalmanInfo, innovation_log_likelihood, analysis_status
 
 
 class ThreeDVarState(eqx.Module):
@@ -230,11 +230,11 @@ class ThreeDVar(eqx.Module):
                 obs_block = matrix @ cross
             increment, whitened, chol = solve(cross, obs_block, target - observation(forecast))
             mean = forecast + increment
-            status = _status_of(chol, mean)
+            status = analysis_status(chol, mean)
         else:
             mean, whitened, chol, all_pd = self._gauss_newton(observation, background, forecast, target, mask, solve)
-            status = _status_of(jnp.where(all_pd, chol, jnp.nan), mean)
-        info = KalmanInfo(_log_likelihood(whitened, chol, n_observed), n_observed, status)
+            status = analysis_status(jnp.where(all_pd, chol, jnp.nan), mean)
+        info = KalmanInfo(innovation_log_likelihood(whitened, chol, n_observed), n_observed, status)
         return ThreeDVarState(mean), info
 
     def _gauss_newton(self, observation, background, forecast, target, mask, solve):
