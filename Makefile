@@ -22,7 +22,7 @@ test: $(VENV)/.test-deps
 	$(BIN)/python -m pytest -q
 
 demo: $(VENV)/.test-deps
-	$(BIN)/kalmax twin --model lorenz96 --method ekf --cycles 2000 --seed 0 --plot kalmax_demo.png
+	$(BIN)/kalmax twin --model lorenz96 --method etkf --cycles 2000 --seed 0 --plot kalmax_demo.png
 
 bench: $(VENV)/.bench-deps
 	$(BIN)/python benchmarks/run_all.py
