@@ -43,12 +43,19 @@ from .filters.var3d import ThreeDVar, ThreeDVarState
 from .gaussian import Ensemble, Gaussian, SqrtGaussian
 from .observations import FunctionObservation, IndexObservation, LinearObservation
 from .spectral_covariance import FourierCovariance, SpectralCovariance
+from .sharding import GridSharding, MemberSharding, device_mesh
+from .sweep import SweepResult, sweep
 from .ssm import LinearDynamics, LinearGaussianSSM, StateSpaceModel, TimeVarying, as_state_space_model
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AbstractCovariance",
+    "GridSharding",
+    "MemberSharding",
+    "SweepResult",
+    "device_mesh",
+    "sweep",
     "AbstractGeometry",
     "AbstractTaper",
     "GaspariCohn",
