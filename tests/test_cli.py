@@ -21,7 +21,7 @@ def test_list_names_models_presets_and_methods(capsys):
     code, out, _ = run_cli(capsys, "list")
     assert code == 0
     for name in ["lorenz63", "lorenz96", "navier-stokes", "lorenz96-sakov2008", "3dvar", "ekf", "ukf", "enkf", "etkf",
-                 "denkf"]:
+                 "denkf", "letkf"]:
         assert name in out
 
 
@@ -67,7 +67,7 @@ def test_help_is_complete():
         assert result.returncode == 0
         outputs[argv[0]] = result.stdout
     assert "sweep" in outputs["--help"] and "twin" in outputs["--help"]
-    for option in ["--inflation", "--plot", "--xb", "--ensemble-size", "--rotate", "--no-rotate"]:
+    for option in ["--inflation", "--plot", "--xb", "--ensemble-size", "--rotate", "--no-rotate", "--radius"]:
         assert option in outputs["twin"], option
     for option in ["--inflation", "--seeds", "--ensemble-size", "--radius", "--rotate", "--batch-size", "--sequential",
                    "--cycles"]:
@@ -99,6 +99,15 @@ def test_ensemble_methods_default_to_the_published_settings(preset, method, expe
     assert (flt.ensemble_size, flt.rotate, float(flt.inflation.factor)) == (6, False, pytest.approx(1.1))
 
 
+def test_letkf_defaults_to_dappers_setting():
+    args = cli.build_parser().parse_args(["twin", "--method", "letkf"])
+    flt = cli.METHODS["letkf"].build(presets.get_preset("lorenz96"), args, jax.random.key(0))
+    assert isinstance(flt, kx.LETKF) and (flt.ensemble_size, flt.rotate) == (7, True)
+    assert float(flt.inflation.factor) == pytest.approx(1.04)
+    assert float(flt.localization.taper.radius) == 4.0 and flt.localization.taper.scale == pytest.approx(1.82)
+    assert flt.localization.block == 2
+
+
 def test_twin_etkf_lorenz96(capsys):
     code, out, _ = run_cli(capsys, "twin", "--model", "lorenz96", "--method", "etkf", "--cycles", "80", "--burn-in", "30")
     assert code == 0 and "etkf (EnKF)" in out
@@ -107,14 +116,15 @@ def test_twin_etkf_lorenz96(capsys):
 
 
 def test_sweep_prints_a_table(capsys):
+    # LETKF over a traced localisation radius: inflation x radius x seeds in one call
     code, out, err = run_cli(
-        capsys, "sweep", "--model", "lorenz96", "--method", "etkf", "--ensemble-size", "24", "--inflation", "1.02",
-        "1.05", "--seeds", "2", "--cycles", "40", "--burn-in", "10",
+        capsys, "sweep", "--model", "lorenz96", "--method", "letkf", "--ensemble-size", "8", "--inflation", "1.04",
+        "--radius", "2", "4", "--seeds", "2", "--cycles", "40", "--burn-in", "10",
     )
     assert code == 0, err
     assert "2 settings x 2 seeds in one compiled call" in out and "rmse.a ± stderr" in out
     rows = [line for line in out.splitlines() if " | " in line and "rmse" not in line]
-    assert [row.split()[0] for row in rows] == ["1.02", "1.05"]
+    assert [row.split()[:2] for row in rows] == [["1.04", "2"], ["1.04", "4"]]
     assert all(row.endswith("0/2") for row in rows)
     rmse = [float(row.split("|")[1].split()[0]) for row in rows]
     assert all(0 < r < 0.5 for r in rmse)
@@ -123,9 +133,11 @@ def test_sweep_prints_a_table(capsys):
 @pytest.mark.parametrize(
     "argv, match",
     [
-        (["sweep", "--method", "etkff"], "unknown method 'etkff'; valid methods: 3dvar, ekf, ukf, enkf, etkf, denkf"),
+        (["sweep", "--method", "etkff"], "unknown method 'etkff'; valid methods: 3dvar, ekf, ukf, enkf, etkf, denkf, letkf"),
         (["sweep", "--method", "etkf", "--radius", "2", "4"],
          "--radius does not apply to --method etkf on lorenz96-sakov2008; its sweepable options: --inflation"),
+        (["sweep", "--method", "letkf", "--model", "lorenz63"], "letkf needs a spatial model"),
+        (["twin", "--method", "letkf", "--model", "lorenz63"], "letkf needs a spatial model"),
         (["sweep", "--model", "lorenz99"], "unknown preset or model 'lorenz99'"),
         (["sweep", "--method", "etkf", "--inflation", "0.9", "--cycles", "10", "--burn-in", "2"],
          "make_method(inflation=0.9) failed: `inflation` must be >= 1"),

@@ -96,9 +96,7 @@ def test_table_contains_the_values(result):
     assert result.best() in result.settings()
 
 
-def test_a_diverging_setting_is_reported_not_raised():
-    setup = presets.lorenz63_sakov2012(20)
-
+def test_a_diverging_setting_is_reported_not_raised(setup):
     def make(inflation):
         return kx.EnKF(4, kx.SquareRoot(), inflation=inflation)
 
@@ -137,3 +135,18 @@ def test_bad_input_is_named():
               ys=jnp.zeros((1, 10, 8)))
     with pytest.raises(TypeError, match="grid values are traced"):
         sweep(model, lambda size: kx.EnKF(int(size)), 10, key, grid={"size": [4.0, 6.0]})
+
+
+def test_letkf_sweep_over_the_localisation_radius_equals_individual_runs(setup):
+    # the radius is traced; the static neighbour lists are built for max_radius
+    def make(radius):
+        loc = kx.Localization.dapper(kx.Periodic1D(12), radius, max_radius=3.0)
+        return kx.LETKF(6, loc, inflation=1.05)
+
+    result = sweep(setup.model, make, 20, jax.random.key(1), grid={"radius": [1.5, 3.0]}, n_seeds=1, burn_in=5)
+    seed_key = jax.random.split(jax.random.key(1), 1)[0]
+    for i, radius in enumerate([1.5, 3.0]):
+        stats = kx.twin_experiment(setup.model, make(radius), 20, seed_key, burn_in=5).stats
+        np.testing.assert_allclose(result.rmse_analysis[i, 0], stats.rmse_analysis, rtol=0, atol=1e-10)
+        np.testing.assert_allclose(result.spread_forecast[i, 0], stats.spread_forecast, rtol=0, atol=1e-10)
+    assert result.rmse_analysis[0, 0] != result.rmse_analysis[1, 0]
