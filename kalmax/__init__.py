@@ -35,6 +35,7 @@ from .ensemble.localization import (
     StepTaper,
 )
 from .filters.enkf import DEnKF, EnKF, EnsembleInfo, PerturbedObservations, SquareRoot
+from .filters.enkf_n import EnKFN, EnKFNInfo
 from .filters.extended import ExtendedKalmanFilter, UnscentedKalmanFilter
 from .filters.kalman import KalmanFilter, KalmanInfo
 from .filters.letkf import LETKF
@@ -51,6 +52,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AbstractCovariance",
+    "EnKFN",
+    "EnKFNInfo",
     "GridSharding",
     "MemberSharding",
     "SweepResult",

@@ -42,7 +42,7 @@ _LETKF_DEFAULTS = {
 }
 
 # Sweepable hyperparameters: the name passed to `make_method` -> the option that gives values.
-_GRID_OPTIONS = {"inflation": "--inflation", "xb": "--xb", "beta": "--beta", "radius": "--radius"}
+_GRID_OPTIONS = {"inflation": "--inflation", "xb": "--xb", "beta": "--beta", "radius": "--radius", "xn": "--xn"}
 
 
 @dataclass(frozen=True)
@@ -156,6 +156,23 @@ def _factory_letkf(setup, args, key):
     return make, {"inflation": infl, "radius": radius}
 
 
+# EnKF-N: (ensemble size, rotation) per preset (DAPPER's EnKF_N(N, rot=True)).
+_ENKF_N_DEFAULTS = {"lorenz63-sakov2012": (10, True), "lorenz96-sakov2008": (24, True)}
+
+
+def _factory_enkf_n(setup, args, key):
+    from .filters.enkf_n import EnKFN
+
+    size, rotate = _ENKF_N_DEFAULTS.get(setup.name, (_ENSEMBLE_FALLBACK[0], True))
+    size = size if getattr(args, "ensemble_size", None) is None else args.ensemble_size
+    rotate = rotate if getattr(args, "rotate", None) is None else args.rotate
+
+    def make(xn):
+        return EnKFN(size, xN=xn, rotate=rotate)
+
+    return make, {"xn": 1.0}
+
+
 METHODS: dict[str, MethodEntry] = {
     "3dvar": MethodEntry(_factory_3dvar, "ThreeDVar: B = xB * climatology (Fourier-diagonal for Navier-Stokes)"),
     "ekf": MethodEntry(_factory_ekf, "ExtendedKalmanFilter: inflation per unit time (DAPPER's ExtKF(infl))"),
@@ -170,6 +187,9 @@ METHODS: dict[str, MethodEntry] = {
     ),
     "denkf": MethodEntry(
         _ensemble_factory("denkf", "DEnKF"), "EnKF, deterministic DEnKF of Sakov & Oke 2008 (DAPPER's 'DEnKF')"
+    ),
+    "enkf-n": MethodEntry(
+        _factory_enkf_n, "EnKFN: finite-size EnKF, adaptive inflation (DAPPER's EnKF_N(N, rot, xN))"
     ),
     "letkf": MethodEntry(
         _factory_letkf,
@@ -349,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     twin.add_argument("--seed", type=int, default=0, help="PRNG seed of the truth, data and method")
     twin.add_argument("--plot", default=None, help="write a PNG of the run to this path")
     twin.add_argument("--xb", type=float, default=None, help="3dvar: B = xB * climatological covariance")
+    twin.add_argument("--xn", type=float, default=None, help="enkf-n: confidence in the inflation hyper-prior (DAPPER's xN)")
     twin.add_argument("--beta", type=float, default=None, help="3dvar on navier-stokes: background amplitude")
     twin.add_argument("--radius", type=float, default=None,
                       help="letkf: localisation radius (DAPPER's loc_rad on Lorenz-96; Gaspari-Cohn half-width "
@@ -373,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="values of the inflation: ensemble methods multiply the analysis anomalies "
                             "(DAPPER's infl); ekf: per unit time; ukf: per cycle")
     sweep.add_argument("--xb", type=float, nargs="+", default=None, help="3dvar: values of xB (B = xB * climatology)")
+    sweep.add_argument("--xn", type=float, nargs="+", default=None, help="enkf-n: values of xN")
     sweep.add_argument("--beta", type=float, nargs="+", default=None,
                        help="3dvar on navier-stokes: values of the background amplitude")
     sweep.add_argument("--radius", type=float, nargs="+", default=None,

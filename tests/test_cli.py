@@ -133,7 +133,7 @@ def test_sweep_prints_a_table(capsys):
 @pytest.mark.parametrize(
     "argv, match",
     [
-        (["sweep", "--method", "etkff"], "unknown method 'etkff'; valid methods: 3dvar, ekf, ukf, enkf, etkf, denkf, letkf"),
+        (["sweep", "--method", "etkff"], "unknown method 'etkff'; valid methods: 3dvar, ekf, ukf, enkf, etkf, denkf, enkf-n, letkf"),
         (["sweep", "--method", "etkf", "--radius", "2", "4"],
          "--radius does not apply to --method etkf on lorenz96-sakov2008; its sweepable options: --inflation"),
         (["sweep", "--method", "letkf", "--model", "lorenz63"], "letkf needs a spatial model"),
@@ -176,3 +176,10 @@ def test_plot_twin_for_lorenz63(tmp_path):
                                 jax.random.key(0), burn_in=10)
     path = plot_twin(result, str(tmp_path / "l63.png"), interval=setup.interval, observation=setup.model.observation)
     assert (tmp_path / "l63.png").stat().st_size > 10_000 and path.endswith("l63.png")
+
+
+def test_twin_enkf_n_lorenz63(capsys):
+    code, out, _ = run_cli(capsys, "twin", "--model", "lorenz63", "--method", "enkf-n", "--cycles", "300")
+    assert code == 0
+    rmse = float(next(line for line in out.splitlines() if line.startswith("analysis rmse")).split()[-1])
+    assert rmse < 0.9  # published long-run 0.54 (EnKF_N N=10 rot); observation noise std sqrt(2)

@@ -1,6 +1,7 @@
 """Filters: one file a family."""
 
 from .enkf import DEnKF, EnKF, EnsembleInfo, PerturbedObservations, SquareRoot
+from .enkf_n import EnKFN, EnKFNInfo
 from .extended import ExtendedKalmanFilter, UnscentedKalmanFilter
 from .kalman import KalmanFilter, KalmanInfo
 from .letkf import LETKF
@@ -10,6 +11,8 @@ from .var3d import ThreeDVar, ThreeDVarState
 __all__ = [
     "DEnKF",
     "EnKF",
+    "EnKFN",
+    "EnKFNInfo",
     "EnsembleInfo",
     "ExtendedKalmanFilter",
     "KalmanFilter",
