@@ -18,8 +18,9 @@ $(VENV)/.bench-deps: pyproject.toml constraints.txt $(VENV)/.test-deps
 	$(PIP) -e ".[test,plot,bench]"
 	touch $@
 
+# Tests run in one process per core (pytest-xdist): JAX compiles single-threaded.
 test: $(VENV)/.test-deps
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 
 demo: $(VENV)/.test-deps
 	$(BIN)/kalmax twin --model lorenz96 --method etkf --cycles 2000 --seed 0 --plot kalmax_demo.png

@@ -210,7 +210,7 @@ def test_gradients_of_the_ensemble_log_likelihood_are_finite_and_match_finite_di
     dim = 8
     truth_model = kx.StateSpaceModel(Flow(Lorenz96(dim, 8.0), RK4(0.05, 1)), kx.IndexObservation.every(2, dim),
                                      None, kx.ScalarCovariance(1.0, dim // 2), jnp.ones(dim), kx.ScalarCovariance(1.0, dim))
-    _, ys = kx.simulate(truth_model, jax.random.key(0), 30)
+    _, ys = kx.simulate(truth_model, jax.random.key(0), 12)
 
     def loglik(forcing, inflation):
         model = kx.StateSpaceModel(Flow(Lorenz96(dim, forcing), RK4(0.05, 1)), kx.IndexObservation.every(2, dim),
