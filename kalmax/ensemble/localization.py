@@ -378,7 +378,7 @@ class Periodic1D(AbstractGeometry):
 
     def candidates(self, blocks, locations, reach):
         """Sorted-window search: O((n_blocks + p) log p) instead of brute force."""
-        n, p, size = blocks.shape[0], locations.shape[0], self.n_points
+        p, size = locations.shape[0], self.n_points
         span = blocks.max(axis=1) - blocks.min(axis=1)
         contiguous = np.all(span == blocks.shape[1] - 1)
         if not math.isfinite(reach) or not contiguous or np.any(span + 2 * reach >= size):

@@ -286,6 +286,34 @@ def ensemble_status(members, spread):
     ).astype(jnp.int32)
 
 
+def finish_analysis(inflation, rotate: bool, forecast: Ensemble, members, space: EnsembleSpace, key_post, key_rot):
+    """The end of every ensemble analysis: posterior inflation, the optional
+    mean-preserving rotation (DAPPER's `rot`), and the `EnsembleInfo`.
+
+    Args:
+        inflation: the method's inflation Module (its `posterior` hook is applied).
+        rotate: whether to rotate the analysis anomalies at random.
+        forecast: the (prior-inflated) forecast ensemble.
+        members: (J, d) analysis members from the update.
+        space: the `EnsembleSpace` of the analysis (for the log-likelihood and mask).
+        key_post, key_rot: keys for the inflation and the rotation.
+    """
+    analysis = inflation.posterior(forecast, Ensemble(members), key_post)
+    if rotate:
+        if key_rot is None:
+            raise ValueError("`rotate=True` draws a random rotation: a `key` is required")
+        rotation = mean_preserving_rotation(key_rot, analysis.size, analysis.members.dtype)
+        analysis = Ensemble(analysis.mean[None, :] + rotation @ analysis.anomalies)
+    spread = jnp.sqrt(jnp.mean(jnp.var(analysis.members, axis=0, ddof=1)))
+    info = EnsembleInfo(
+        log_likelihood=space.log_likelihood,
+        n_observed=jnp.sum(space.mask).astype(jnp.int32),
+        spread=spread,
+        status=ensemble_status(analysis.members, spread),
+    )
+    return analysis, info
+
+
 def forecast_members(model: StateSpaceModel, members, key):
     """Psi vmapped over members, plus N(0, Sigma) model noise when Sigma is not zero."""
     forecast = jax.vmap(model.dynamics)(members)
@@ -401,21 +429,8 @@ class EnKF(eqx.Module):
         inflated = self.inflation.prior(forecast, key_prior)
         observed = jax.vmap(model.observe)(inflated.members)
         space = ensemble_space(inflated, observed, y, model.obs_cov)
-        analysis = Ensemble(self.update(space, key_analysis))
-        analysis = self.inflation.posterior(inflated, analysis, key_post)
-        if self.rotate:
-            if key_rot is None:
-                raise ValueError("`rotate=True` draws a random rotation: a `key` is required")
-            rotation = mean_preserving_rotation(key_rot, self.ensemble_size, analysis.members.dtype)
-            analysis = Ensemble(analysis.mean[None, :] + rotation @ analysis.anomalies)
-        spread = jnp.sqrt(jnp.mean(jnp.var(analysis.members, axis=0, ddof=1)))
-        info = EnsembleInfo(
-            log_likelihood=space.log_likelihood,
-            n_observed=jnp.sum(space.mask).astype(jnp.int32),
-            spread=spread,
-            status=ensemble_status(analysis.members, spread),
-        )
-        return analysis, info
+        members = self.update(space, key_analysis)
+        return finish_analysis(self.inflation, self.rotate, inflated, members, space, key_post, key_rot)
 
     def analysis(self, model, state: Ensemble, y: Float[Array, " p"], key=None):
         """Assimilate y_{n+1} (NaN entries missing) into the forecast ensemble."""

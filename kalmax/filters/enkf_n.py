@@ -80,8 +80,8 @@ from jaxtyping import Array, Float, Int
 from .. import _checks
 from ..ensemble.inflation import AbstractInflation, as_inflation
 from ..gaussian import Ensemble
-from ..linalg import cho_solve, logdet_from_chol, mean_preserving_rotation, solve_lower, sym_inv_sqrt, symmetrize
-from .enkf import EnsembleSpace, _model, ensemble_space, ensemble_status, forecast_members, initial_members
+from ..linalg import cho_solve, logdet_from_chol, solve_lower, sym_inv_sqrt, symmetrize
+from .enkf import EnsembleSpace, _model, ensemble_space, finish_analysis, forecast_members, initial_members
 
 _GRID_POINTS = 64
 _MAX_LOG_RANGE = math.log(1e8)  # t = log l1^2 spans at most 8 decades above t_lo
@@ -414,12 +414,7 @@ class EnKFN(eqx.Module):
         x = l1**2
         chol_l = problem.chol(x)
         members = _transform(problem, space, l1, chol_l)
-        analysis = self.inflation.posterior(inflated, Ensemble(members), key_post)
-        if self.rotate:
-            if key_rot is None:
-                raise ValueError("`rotate=True` draws a random rotation: a `key` is required")
-            rotation = mean_preserving_rotation(key_rot, self.ensemble_size, members.dtype)
-            analysis = Ensemble(analysis.mean[None, :] + rotation @ analysis.anomalies)
+        analysis, info = finish_analysis(self.inflation, self.rotate, inflated, members, space, key_post, key_rot)
 
         # the log-likelihood with the inflated prior, from the uninflated one of
         # `ensemble_space`: with Q(x) = dy^T (x S_Y^T S_Y / N1 + I)^{-1} dy and the
@@ -427,13 +422,11 @@ class EnKFN(eqx.Module):
         n1 = problem.ridge
         delta = n1 * (problem.quadratic(x, chol_l) - problem.quadratic(1.0, chol_unit))
         delta = delta + logdet_from_chol(chol_l) - logdet_from_chol(chol_unit)
-        log_likelihood = space.log_likelihood - 0.5 * delta
-        spread = jnp.sqrt(jnp.mean(jnp.var(analysis.members, axis=0, ddof=1)))
         info = EnKFNInfo(
-            log_likelihood=log_likelihood,
-            n_observed=jnp.sum(space.mask).astype(jnp.int32),
-            spread=spread,
-            status=ensemble_status(analysis.members, spread),
+            log_likelihood=space.log_likelihood - 0.5 * delta,
+            n_observed=info.n_observed,
+            spread=info.spread,
+            status=info.status,
             inflation=l1,
         )
         return analysis, info

@@ -59,13 +59,12 @@ from ..covariance import DenseCovariance
 from ..ensemble.inflation import AbstractInflation, as_inflation
 from ..ensemble.localization import AbstractGeometry, LocalPlan, Localization
 from ..gaussian import Ensemble
-from ..linalg import mean_preserving_rotation, sym_inv_sqrt
+from ..linalg import sym_inv_sqrt
 from .enkf import (
-    EnsembleInfo,
     EnsembleSpace,
     _model,
     ensemble_space,
-    ensemble_status,
+    finish_analysis,
     forecast_members,
     initial_members,
 )
@@ -240,20 +239,7 @@ class LETKF(eqx.Module):
                 f"LETKF: the taper's `radius` exceeds its static `max_radius` ({taper.max_radius}), from which "
                 "the neighbour lists were built; construct the taper with a larger `max_radius`",
             )
-        analysis = self.inflation.posterior(inflated, Ensemble(members), key_post)
-        if self.rotate:
-            if key_rot is None:
-                raise ValueError("`rotate=True` draws a random rotation: a `key` is required")
-            rotation = mean_preserving_rotation(key_rot, self.ensemble_size, analysis.members.dtype)
-            analysis = Ensemble(analysis.mean[None, :] + rotation @ analysis.anomalies)
-        spread = jnp.sqrt(jnp.mean(jnp.var(analysis.members, axis=0, ddof=1)))
-        info = EnsembleInfo(
-            log_likelihood=space.log_likelihood,
-            n_observed=jnp.sum(space.mask).astype(jnp.int32),
-            spread=spread,
-            status=ensemble_status(analysis.members, spread),
-        )
-        return analysis, info
+        return finish_analysis(self.inflation, self.rotate, inflated, members, space, key_post, key_rot)
 
     def analysis(self, model, state: Ensemble, y: Float[Array, " p"], key=None):
         """Assimilate y_{n+1} (NaN entries missing) into the forecast ensemble."""

@@ -51,7 +51,7 @@ from jaxtyping import Array, Float
 from .. import _checks
 from ..covariance import AbstractCovariance, DenseCovariance
 from ..linalg import solve_lower, symmetrize
-from ..observations import FunctionObservation, IndexObservation, LinearObservation
+from ..observations import IndexObservation, LinearObservation
 from ..ssm import LinearGaussianSSM, StateSpaceModel, as_state_space_model
 from .kalman import KalmanInfo, innovation_log_likelihood, analysis_status
 
