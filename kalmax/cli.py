@@ -236,24 +236,34 @@ def _unknown_method(name: str) -> bool:
     return True
 
 
-def _cmd_twin(args) -> int:
+def _prepare(args):
+    """(setup, method key, run key) for `twin` and `sweep`, or None after printing an error."""
     import jax
 
     if not args.float32:
         jax.config.update("jax_enable_x64", True)
-    from .experiments import twin_experiment
-    from .plotting import plot_twin
-    from .presets import MODELS, get_preset
+    from .presets import get_preset
 
     if _unknown_method(args.method):
-        return 2
+        return None
     try:
         setup = get_preset(args.preset or args.model, n_cycles=args.cycles)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
+        return None
+    key_method, key_run = jax.random.split(jax.random.key(args.seed))
+    return setup, key_method, key_run
+
+
+def _cmd_twin(args) -> int:
+    from .experiments import twin_experiment
+    from .plotting import plot_twin
+    from .presets import MODELS
+
+    prepared = _prepare(args)
+    if prepared is None:
         return 2
-    key = jax.random.key(args.seed)
-    key_method, key_run = jax.random.split(key)
+    setup, key_method, key_run = prepared
     try:
         method = METHODS[args.method].build(setup, args, key_method)
     except ValueError as err:
@@ -283,22 +293,12 @@ def _cmd_twin(args) -> int:
 
 
 def _cmd_sweep(args) -> int:
-    import jax
-
-    if not args.float32:
-        jax.config.update("jax_enable_x64", True)
-    from .presets import get_preset
     from .sweep import sweep
 
-    if _unknown_method(args.method):
+    prepared = _prepare(args)
+    if prepared is None:
         return 2
-    try:
-        setup = get_preset(args.preset or args.model, n_cycles=args.cycles)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    key = jax.random.key(args.seed)
-    key_method, key_run = jax.random.split(key)
+    setup, key_method, key_run = prepared
     try:
         make_method, defaults = METHODS[args.method].factory(setup, args, key_method)
     except ValueError as err:
