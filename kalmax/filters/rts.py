@@ -53,24 +53,19 @@ def _backward(model: LinearGaussianSSM, filtered: History):
     prev_mean = jnp.concatenate([model.init_mean[None], filtered.mean[:-1]], axis=0)
     prev_cov = jnp.concatenate([model.init_cov[None], filtered.cov[:-1]], axis=0)
 
-    # The gains depend on the filter's outputs only: all T of them in one batched
-    # Cholesky solve, so the backward scan below is matrix products only.
-    def gain(varying_step, cov, pred_cov):
-        dynamics = merge_time_step(varying_step, constant).dynamics
-        return cho_solve(jnp.linalg.cholesky(pred_cov), dynamics @ cov).T
-
-    gains = jax.vmap(gain)(varying, prev_cov, filtered.forecast_cov)
-
     def step(carry, inputs):
         smooth_mean, smooth_cov = carry  # of v_{n+1}
-        gain_n, mean, cov, pred_mean, pred_cov = inputs
-        new_mean = mean + gain_n @ (smooth_mean - pred_mean)
-        new_cov = symmetrize(cov + gain_n @ (smooth_cov - pred_cov) @ gain_n.T)
-        cross = smooth_cov @ gain_n.T
+        varying_step, mean, cov, pred_mean, pred_cov = inputs
+        dynamics = merge_time_step(varying_step, constant).dynamics
+        chol_pred = jnp.linalg.cholesky(pred_cov)
+        gain = cho_solve(chol_pred, dynamics @ cov).T
+        new_mean = mean + gain @ (smooth_mean - pred_mean)
+        new_cov = symmetrize(cov + gain @ (smooth_cov - pred_cov) @ gain.T)
+        cross = smooth_cov @ gain.T
         return (new_mean, new_cov), (new_mean, new_cov, cross)
 
     last = (filtered.mean[-1], filtered.cov[-1])
-    inputs = (gains, prev_mean, prev_cov, filtered.forecast_mean, filtered.forecast_cov)
+    inputs = (varying, prev_mean, prev_cov, filtered.forecast_mean, filtered.forecast_cov)
     _, (means, covs, cross) = jax.lax.scan(step, last, inputs, reverse=True)
     smooth_mean = jnp.concatenate([means[1:], filtered.mean[-1:]], axis=0)
     smooth_cov = jnp.concatenate([covs[1:], filtered.cov[-1:]], axis=0)
