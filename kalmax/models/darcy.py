@@ -114,9 +114,10 @@ class Darcy(eqx.Module):
 
     Solver: the matrix is symmetric positive definite and block tridiagonal
     (n blocks of n x n, the blocks along x1). It is solved exactly by block
-    Cholesky elimination (the block Thomas algorithm: a `lax.scan` of n
-    Schur-complement Cholesky factorisations, O(n^4) flops and O(n^3) memory,
-    against O(n^6) for a dense solve) wrapped in `lax.custom_linear_solve`:
+    elimination (the block Thomas algorithm: a `lax.scan` over the n Schur
+    complements, each factored by Cholesky and inverted, O(n^4) flops and
+    O(n^3) memory, against O(n^6) for a dense solve; the substitutions are then
+    matrix-vector products only), wrapped in `lax.custom_linear_solve`:
     derivatives are implicit (dp = A^{-1}(df - dA p), the transpose solve being
     the same solve since A is symmetric), not through the elimination. Being a
     direct solve, its residual is at round-off level (about cond(A) eps,
@@ -129,7 +130,7 @@ class Darcy(eqx.Module):
             (static int, 1 <= n_modes <= `max_modes(grid_size)`, the leading
             modes that the grid resolves: both wavenumbers below n).
         alpha: regularity alpha > 0 of the prior covariance (float leaf).
-        tau: inverse length scale tau (float leaf).
+        tau: inverse length scale tau > 0 (float leaf).
         source: f at the cell centres: a scalar or an (n, n) array (float
             leaf); default `garbuno_inigo_source(n)`.
         observation_points: (m, 2) coordinates (x1, x2) in the open unit square
@@ -179,6 +180,7 @@ class Darcy(eqx.Module):
         self.alpha = _params.as_parameter("alpha", alpha)
         _params.check_positive("alpha", self.alpha)
         self.tau = _params.as_parameter("tau", tau)
+        _params.check_positive("tau", self.tau)  # tau = 0 would give the constant mode lambda = inf
         if source is None:
             source = garbuno_inigo_source(n)
         self.source = jnp.broadcast_to(_params.as_parameter("source", source, ((), (n, n))), (n, n))
@@ -291,51 +293,55 @@ def apply_operator(t1, t2, p):
 
 
 def _factor(t1, t2):
-    """Block Cholesky (block Thomas) factorisation of the block-tridiagonal operator.
+    """Block Cholesky (block Thomas) elimination of the block-tridiagonal operator.
 
     Block i is the row p[i, :]; the diagonal block D_i is tridiagonal (x2 faces)
     plus the x1-face terms on its diagonal, the off-diagonal block between rows
-    i - 1 and i is -diag(t1[i]). With S_0 = D_0 and
-    S_i = D_i - diag(c_i) S_{i-1}^{-1} diag(c_i), c_i = t1[i], the Schur
-    complements S_i are SPD. Returns the Cholesky factors of S_i, (n, n, n),
-    and W_i = S_i^{-1} diag(c_{i+1}) for the back substitution, (n, n, n).
+    i - 1 and i is -diag(c_i), c_i = t1[i]. The Schur complements
+
+        S_0 = D_0,   S_i = D_i - diag(c_i) S_{i-1}^{-1} diag(c_i),
+
+    are SPD (A is); each is factored by Cholesky and inverted explicitly, so that
+    the solve itself is matrix-vector products only (batched matrix products
+    under vmap, where the small batched LAPACK calls are the cost). Returns
+    S_i^{-1}, (n, n, n), and the couplings c_i, (n,), with c_0 = 0.
     """
     n = t2.shape[0]
     sub = t2[:, 1:-1]  # (n, n - 1) couplings along x2 inside each row
     diag = t1[:-1] + t1[1:] + t2[:, :-1] + t2[:, 1:]  # (n, n)
     blocks = jax.vmap(lambda d, s: jnp.diag(d) - jnp.diag(s, 1) - jnp.diag(s, -1))(diag, sub)
-    couplings = jnp.concatenate([t1[1:-1], jnp.zeros_like(t1[:1])], axis=0)  # c_{i+1}, i = 0..n-1
+    c_in = jnp.concatenate([jnp.zeros_like(t1[:1]), t1[1:-1]], axis=0)  # c_i couples rows i - 1 and i
+    identity = jnp.eye(n, dtype=t1.dtype)
 
-    def body(w_prev_c, inputs):
-        block, c_out = inputs  # c_out = c_{i+1} couples row i + 1
-        schur = block - w_prev_c
-        chol = jnp.linalg.cholesky(schur)
-        w = jax.scipy.linalg.cho_solve((chol, True), jnp.diag(c_out))
-        # carry diag(c_{i+1}) W_i: what S_{i+1} subtracts
-        return c_out[:, None] * w, (chol, w)
+    def body(correction, inputs):
+        block, c_next = inputs
+        chol = jnp.linalg.cholesky(block - correction)
+        inverse = jax.scipy.linalg.cho_solve((chol, True), identity)
+        # diag(c_{i+1}) S_i^{-1} diag(c_{i+1}): what S_{i+1} subtracts
+        return c_next[:, None] * inverse * c_next[None, :], inverse
 
-    c_in = jnp.concatenate([jnp.zeros_like(t1[:1]), t1[1:-1]], axis=0)
-    init = jnp.zeros((n, n), dtype=t1.dtype)
-    _, (chols, ws) = jax.lax.scan(body, init, (blocks, couplings))
-    return chols, ws, c_in
+    c_next = jnp.concatenate([c_in[1:], jnp.zeros_like(t1[:1])], axis=0)
+    _, inverses = jax.lax.scan(body, jnp.zeros((n, n), dtype=t1.dtype), (blocks, c_next))
+    return inverses, c_in
 
 
-def _solve_factored(chols, ws, c_in, b):
-    """Forward elimination g_i = b_i + c_i y_{i-1}, y_i = S_i^{-1} g_i; back substitution x_i = y_i + W_i x_{i+1}."""
+def _solve_factored(inverses, c_in, b):
+    """Forward g_i = b_i + c_i y_{i-1}, y_i = S_i^{-1} g_i; back x_i = y_i + S_i^{-1} (c_{i+1} x_{i+1})."""
 
     def forward(y_prev, inputs):
-        chol, c, b_i = inputs
-        y = jax.scipy.linalg.cho_solve((chol, True), b_i + c * y_prev)
+        inverse, c, b_i = inputs
+        y = inverse @ (b_i + c * y_prev)
         return y, y
 
-    _, ys = jax.lax.scan(forward, jnp.zeros_like(b[0]), (chols, c_in, b))
+    _, ys = jax.lax.scan(forward, jnp.zeros_like(b[0]), (inverses, c_in, b))
+    c_next = jnp.concatenate([c_in[1:], jnp.zeros_like(c_in[:1])], axis=0)
 
     def backward(x_next, inputs):
-        y, w = inputs
-        x = y + w @ x_next
+        y, inverse, c = inputs
+        x = y + inverse @ (c * x_next)
         return x, x
 
-    _, xs = jax.lax.scan(backward, jnp.zeros_like(b[0]), (ys, ws), reverse=True)
+    _, xs = jax.lax.scan(backward, jnp.zeros_like(b[0]), (ys, inverses, c_next), reverse=True)
     return xs
 
 

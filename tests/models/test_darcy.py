@@ -32,7 +32,8 @@ def test_second_order_convergence_for_constant_permeability():
         darcy = Darcy(grid_size=n, n_modes=4, source=2 * np.pi**2 * exact)
         theta = jnp.zeros(4)
         np.testing.assert_array_equal(darcy.log_permeability(theta), 0.0)
-        errors.append(np.abs(np.asarray(darcy.pressure(theta)) - exact).max())
+        pressure = jax.jit(lambda m, t: m.pressure(t))(darcy, theta)
+        errors.append(np.abs(np.asarray(pressure) - exact).max())
     orders = np.log2(np.asarray(errors[:-1]) / np.asarray(errors[1:]))
     assert errors[-1] < 2e-3
     np.testing.assert_allclose(orders, 2.0, atol=0.15)
@@ -81,6 +82,18 @@ def test_direct_solver_residual_and_dense_reference():
     np.testing.assert_allclose(p.ravel(), np.linalg.solve(dense, rhs.ravel()), rtol=1e-10)
 
 
+def test_harmonic_face_means():
+    darcy = Darcy(grid_size=4, n_modes=4)
+    log_k = jnp.log(jnp.arange(1.0, 17.0).reshape(4, 4))
+    t1, t2 = darcy._transmissibilities(log_k)
+    k = np.arange(1.0, 17.0).reshape(4, 4)
+    assert t1.shape == (5, 4) and t2.shape == (4, 5)
+    np.testing.assert_allclose(t1[1:-1], 2 * k[1:] * k[:-1] / (k[1:] + k[:-1]), rtol=1e-14)
+    np.testing.assert_allclose(t2[:, 1:-1], 2 * k[:, 1:] * k[:, :-1] / (k[:, 1:] + k[:, :-1]), rtol=1e-14)
+    np.testing.assert_allclose(t1[0], 2 * k[0], rtol=1e-14)  # boundary face: a half cell to p = 0
+    np.testing.assert_allclose(t2[:, -1], 2 * k[:, -1], rtol=1e-14)
+
+
 def test_observations_interpolate_the_pressure():
     centres = np.array([[0.5 / N, 0.5 / N], [10.5 / N, 20.5 / N], [(N - 0.5) / N, 3.5 / N]])
     darcy = Darcy(grid_size=N, n_modes=MODES, observation_points=centres)
@@ -113,6 +126,7 @@ def test_grad_matches_finite_differences():
     theta = _theta(5)
     weights = jnp.linspace(0.5, 1.5, darcy.data_dim)
 
+    @jax.jit
     def loss(model, t):
         return jnp.sum(weights * model(t)) / 100.0
 
@@ -121,6 +135,9 @@ def test_grad_matches_finite_differences():
     eps = 1e-5
     fd = (loss(darcy, theta + eps * direction) - loss(darcy, theta - eps * direction)) / (2 * eps)
     np.testing.assert_allclose(grad_theta @ direction, fd, rtol=1e-7)
+    jac_fwd = jax.jit(jax.jacfwd(lambda t: darcy(t)))(theta)
+    jac_rev = jax.jit(jax.jacrev(lambda t: darcy(t)))(theta)
+    np.testing.assert_allclose(jac_fwd, jac_rev, rtol=1e-10, atol=1e-12)
 
     grad_model = jax.grad(loss)(darcy, theta)
     shifted = [Darcy(grid_size=16, n_modes=MODES, tau=3.0 + s) for s in (eps, -eps)]
@@ -149,6 +166,8 @@ def test_bad_input():
         Darcy(grid_size=8, n_modes=max_modes(8) + 1)
     with pytest.raises(ValueError, match="alpha"):
         Darcy(alpha=-1.0)
+    with pytest.raises(ValueError, match="tau"):
+        Darcy(tau=0.0)
     with pytest.raises(ValueError, match="source"):
         Darcy(grid_size=8, n_modes=4, source=np.ones((4, 4)))
     with pytest.raises(ValueError, match="observation_points"):
