@@ -19,11 +19,15 @@ from .integrators import (
     rk4_step,
     trajectory,
 )
+from .darcy import Darcy, garbuno_inigo_source, max_modes
 from .lorenz63 import Lorenz63
 from .lorenz96 import Lorenz96
 from .navier_stokes import NavierStokes2D, kolmogorov_forcing
 
 __all__ = [
+    "Darcy",
+    "garbuno_inigo_source",
+    "max_modes",
     "RK4",
     "AbstractIntegrator",
     "AbstractSemilinearModel",
