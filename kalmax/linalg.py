@@ -139,15 +139,16 @@ def mean_preserving_rotation(key, size: int, dtype) -> Float[Array, "n n"]:
 
     Applied to ensemble anomalies (rows), it changes the members but not their
     mean or covariance: DAPPER's `rot=True` (its `genOG_1`). Built as
-    Q = B diag(1, Q') B^T with B an orthonormal basis whose first column is
-    1/sqrt(n) and Q' Haar-distributed on O(n - 1) (QR of a Gaussian matrix with
-    the signs of R's diagonal fixed; Mezzadri 2007).
+    Q = B diag(1, Q') B with B the Householder reflection that maps e_1 to
+    1/sqrt(n) (closed form, B = B^T = B^{-1}) and Q' Haar-distributed on
+    O(n - 1) (QR of a Gaussian matrix with the signs of R's diagonal fixed;
+    Mezzadri 2007).
     """
     gauss = jax.random.normal(key, (size - 1, size - 1), dtype)
     q, r = jnp.linalg.qr(gauss)
     q = q * jnp.sign(jnp.diagonal(r))[None, :]
-    ones = jnp.full((size, 1), 1.0 / jnp.sqrt(jnp.asarray(size, dtype)), dtype)
-    basis, _ = jnp.linalg.qr(jnp.concatenate([ones, jnp.eye(size, dtype=dtype)[:, : size - 1]], axis=1))
-    basis = basis * jnp.sign(basis[0, 0])  # first column +1/sqrt(n)
+    ones = jnp.full((size,), 1.0 / jnp.sqrt(jnp.asarray(size, dtype)), dtype)
+    direction = jnp.zeros((size,), dtype).at[0].set(1.0) - ones
+    reflection = jnp.eye(size, dtype=dtype) - 2.0 * jnp.outer(direction, direction) / (direction @ direction)
     inner = jnp.zeros((size, size), dtype).at[0, 0].set(1.0).at[1:, 1:].set(q)
-    return basis @ inner @ basis.T
+    return reflection @ inner @ reflection
