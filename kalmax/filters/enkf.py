@@ -333,7 +333,48 @@ def initial_members(model: StateSpaceModel, size: int, key):
     return model.init_mean[None, :] + model.init_cov.sqrt_mv(noise.T).T
 
 
-class EnKF(eqx.Module):
+class AbstractEnsembleFilter(eqx.Module):
+    """What every ensemble filter shares: drawing the initial ensemble, the
+    forecast of every member, and viewing a `LinearGaussianSSM` before tracing.
+
+    Final subclasses (`EnKF`, `LETKF`, `EnKFN`) hold `ensemble_size` and add their
+    analysis; an optional `sharding` field constrains the members' layout.
+    """
+
+    ensemble_size: eqx.AbstractVar[int]
+    stochastic: ClassVar[bool] = True  # the initial ensemble is drawn
+
+    def prepare_model(self, model) -> StateSpaceModel:
+        """Before tracing (called by `assimilate`): view a `LinearGaussianSSM` as a
+        `StateSpaceModel` while its arrays are concrete, so that an all-zero
+        `dynamics_cov` becomes a `ZeroCovariance` (no noise drawn)."""
+        return _model(model, type(self).__name__) if isinstance(model, LinearGaussianSSM) else model
+
+    def _constrain(self, members):
+        sharding = getattr(self, "sharding", None)
+        return members if sharding is None else sharding.constrain(members)
+
+    def init(self, model, key) -> Ensemble:
+        """J independent draws from the prior N(init_mean, init_cov).
+
+        To start from a given ensemble, pass `init_state=kx.Ensemble(members)` to
+        `assimilate` instead.
+        """
+        model = _model(model, f"{type(self).__name__}.init")
+        return Ensemble(self._constrain(initial_members(model, self.ensemble_size, key)))
+
+    def forecast(self, model, state: Ensemble, key=None) -> Ensemble:
+        """Each member through the dynamics, plus model noise N(0, dynamics_cov).
+
+        With a `sharding`, the members are constrained to it before and after, so
+        the vmapped model runs on each device's own members.
+        """
+        model = _model(model, f"{type(self).__name__}.forecast")
+        members = forecast_members(model, self._constrain(state.members), key)
+        return Ensemble(self._constrain(members))
+
+
+class EnKF(AbstractEnsembleFilter):
     """Ensemble Kalman filter (Evensen 1994, 2009), analysis chosen by a strategy.
 
     Args:
@@ -362,7 +403,6 @@ class EnKF(eqx.Module):
     inflation: AbstractInflation
     rotate: bool = eqx.field(static=True)
     sharding: object = eqx.field(static=True, default=None)
-    stochastic: ClassVar[bool] = True  # the initial ensemble is drawn
 
     def __init__(self, ensemble_size: int, update: AbstractEnsembleAnalysis | None = None, inflation=None,
                  rotate: bool = False, sharding=None):
@@ -392,34 +432,6 @@ class EnKF(eqx.Module):
         self.inflation.check_size(model.state_dim)
         if self.sharding is not None:
             self.sharding.check_size(self.ensemble_size, model.state_dim)
-
-    def prepare_model(self, model) -> StateSpaceModel:
-        """Before tracing (called by `assimilate`): view a `LinearGaussianSSM` as a
-        `StateSpaceModel` while its arrays are concrete, so that an all-zero
-        `dynamics_cov` becomes a `ZeroCovariance` (no noise drawn)."""
-        return _model(model, type(self).__name__) if isinstance(model, LinearGaussianSSM) else model
-
-    def init(self, model, key) -> Ensemble:
-        """J independent draws from the prior N(init_mean, init_cov).
-
-        To start from a given ensemble, pass `init_state=kx.Ensemble(members)` to
-        `assimilate` instead.
-        """
-        model = _model(model, "EnKF.init")
-        return Ensemble(self._constrain(initial_members(model, self.ensemble_size, key)))
-
-    def _constrain(self, members):
-        return members if self.sharding is None else self.sharding.constrain(members)
-
-    def forecast(self, model, state: Ensemble, key=None) -> Ensemble:
-        """Each member through the dynamics, plus model noise N(0, dynamics_cov).
-
-        With `sharding`, the members are constrained to it before and after, so
-        the vmapped model runs on each device's own members.
-        """
-        model = _model(model, "EnKF.forecast")
-        members = forecast_members(model, self._constrain(state.members), key)
-        return Ensemble(self._constrain(members))
 
     def analysis_step(self, model, forecast: Ensemble, y, key):
         """The analysis without checks (shared by `analysis` and subclasses)."""

@@ -70,7 +70,6 @@ References:
 from __future__ import annotations
 
 import math
-from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -81,7 +80,7 @@ from .. import _checks
 from ..ensemble.inflation import AbstractInflation, as_inflation
 from ..gaussian import Ensemble
 from ..linalg import cho_solve, logdet_from_chol, solve_lower, sym_inv_sqrt, symmetrize
-from .enkf import EnsembleSpace, _model, ensemble_space, finish_analysis, forecast_members, initial_members
+from .enkf import AbstractEnsembleFilter, EnsembleSpace, _model, ensemble_space, finish_analysis
 
 _GRID_POINTS = 64
 _MAX_LOG_RANGE = math.log(1e8)  # t = log l1^2 spans at most 8 decades above t_lo
@@ -321,7 +320,7 @@ def _transform(problem: DualProblem, space: EnsembleSpace, l1, chol) -> Float[Ar
     return space.mean[None, :] + weights @ anomalies + transformed
 
 
-class EnKFN(eqx.Module):
+class EnKFN(AbstractEnsembleFilter):
     """Finite-size ensemble Kalman filter (EnKF-N), dual form: no tuned inflation.
 
     Each analysis chooses the anomaly inflation l1 that minimises the EnKF-N dual
@@ -362,7 +361,6 @@ class EnKFN(eqx.Module):
     rotate: bool = eqx.field(static=True)
     inflation: AbstractInflation
     n_iterations: int = eqx.field(static=True)
-    stochastic: ClassVar[bool] = True  # the initial ensemble is drawn
 
     def __init__(self, ensemble_size: int, xN=1.0, g: int = 0, rotate: bool = False, inflation=None,
                  n_iterations: int = 30):
@@ -388,20 +386,6 @@ class EnKFN(eqx.Module):
         """Checks before tracing (called by `assimilate`)."""
         model = _model(model, type(self).__name__)
         self.inflation.check_size(model.state_dim)
-
-    def init(self, model, key) -> Ensemble:
-        """J independent draws from the prior N(init_mean, init_cov).
-
-        To start from a given ensemble, pass `init_state=kx.Ensemble(members)` to
-        `assimilate` instead.
-        """
-        model = _model(model, "EnKFN.init")
-        return Ensemble(initial_members(model, self.ensemble_size, key))
-
-    def forecast(self, model, state: Ensemble, key=None) -> Ensemble:
-        """Each member through the dynamics, plus model noise N(0, dynamics_cov)."""
-        model = _model(model, "EnKFN.forecast")
-        return Ensemble(forecast_members(model, state.members, key))
 
     def analysis_step(self, model, forecast: Ensemble, y, key):
         """The analysis without checks."""

@@ -47,7 +47,6 @@ multiplicative inflation of the analysis anomalies after the analysis, as in
 from __future__ import annotations
 
 import math
-from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -61,12 +60,11 @@ from ..ensemble.localization import AbstractGeometry, LocalPlan, Localization
 from ..gaussian import Ensemble
 from ..linalg import sym_inv_sqrt
 from .enkf import (
+    AbstractEnsembleFilter,
     EnsembleSpace,
     _model,
     ensemble_space,
     finish_analysis,
-    forecast_members,
-    initial_members,
 )
 
 # Working-set target of one batch of local analyses, in array elements (about
@@ -137,7 +135,7 @@ def _check_obs_cov(obs_cov) -> None:
                 )
 
 
-class LETKF(eqx.Module):
+class LETKF(AbstractEnsembleFilter):
     """Local ensemble transform Kalman filter (Hunt, Kostelich & Szunyogh 2007).
 
     A local ETKF for each state point (or block of points) in which each
@@ -172,7 +170,6 @@ class LETKF(eqx.Module):
     inflation: AbstractInflation
     rotate: bool = eqx.field(static=True)
     batch_size: int | None = eqx.field(static=True)
-    stochastic: ClassVar[bool] = True  # the initial ensemble is drawn
 
     def __init__(self, ensemble_size: int, localization: Localization, inflation=None, rotate: bool = False,
                  batch_size: int | None = None):
@@ -208,20 +205,6 @@ class LETKF(eqx.Module):
         self.inflation.check_size(model.state_dim)
         self.localization.plan(model)
         _check_obs_cov(model.obs_cov)
-
-    def init(self, model, key) -> Ensemble:
-        """J independent draws from the prior N(init_mean, init_cov).
-
-        To start from a given ensemble, pass `init_state=kx.Ensemble(members)` to
-        `assimilate` instead.
-        """
-        model = _model(model, "LETKF.init")
-        return Ensemble(initial_members(model, self.ensemble_size, key))
-
-    def forecast(self, model, state: Ensemble, key=None) -> Ensemble:
-        """Each member through the dynamics, plus model noise N(0, dynamics_cov)."""
-        model = _model(model, "LETKF.forecast")
-        return Ensemble(forecast_members(model, state.members, key))
 
     def analysis_step(self, model, forecast: Ensemble, y, key):
         """The analysis without the argument checks of `analysis`."""
