@@ -242,7 +242,14 @@ class SquareRoot(AbstractEnsembleAnalysis):
 
 
 class PerturbedObservations(AbstractEnsembleAnalysis):
-    """Stochastic EnKF with perturbed observations, re-centred (DAPPER's 'PertObs')."""
+    """Stochastic EnKF with perturbed observations (Burgers, van Leeuwen & Evensen 1998; DAPPER's 'PertObs').
+
+    Each member j is updated towards y + eta_j with eta_j ~ N(0, R). The J draws
+    are re-centred to zero mean and rescaled by sqrt(J / (J - 1)), so that their
+    sample covariance is an unbiased estimate of R (DAPPER's `mean0` convention);
+    without the rescaling the analysis spread is too small by a factor
+    (J - 1) / J on the perturbation term, which costs accuracy at small J.
+    """
 
     stochastic: ClassVar[bool] = True
 
@@ -251,7 +258,8 @@ class PerturbedObservations(AbstractEnsembleAnalysis):
             raise ValueError("PerturbedObservations draws observation perturbations: a `key` is required")
         size, p = space.obs_anomalies.shape
         noise = jax.random.normal(key, (size, p), space.anomalies.dtype)
-        noise = jnp.where(space.mask[None, :], noise - noise.mean(axis=0, keepdims=True), 0.0)
+        noise = (noise - noise.mean(axis=0, keepdims=True)) * jnp.sqrt(size / (size - 1.0))
+        noise = jnp.where(space.mask[None, :], noise, 0.0)
         # whitened perturbed innovations of each member: L^{-1}(y + eta_j - h(e_j))
         innovations = space.innovation[None, :] - space.obs_anomalies + noise
         members = space.mean[None, :] + space.anomalies

@@ -88,7 +88,7 @@ def numpy_enkf_analysis(members, observed, y, R, kind, noise=None):
     Rm = R[np.ix_(obs, obs)]
     dy = y[obs] - observed.mean(0)[obs]
     if kind == "PertObs":
-        D = noise[:, obs] - noise[:, obs].mean(0)
+        D = (noise[:, obs] - noise[:, obs].mean(0)) * np.sqrt(len(noise) / (len(noise) - 1.0))  # DAPPER's mean0
         D = D @ np.linalg.cholesky(Rm).T
         K = A.T @ Y @ np.linalg.inv(Y.T @ Y + (N - 1) * Rm)
         return members + (y[obs][None] + D - observed[:, obs]) @ K.T
