@@ -4,7 +4,7 @@ Public names are re-exported here explicitly; implementations live in modules
 named after what they hold.
 """
 
-from . import datasets, experiments, metrics, models
+from . import datasets, experiments, inversion, metrics, models
 from ._status import DivergenceError
 from .assimilate import History, Save, assimilate, log_likelihood
 from .covariance import (
@@ -42,6 +42,22 @@ from .filters.letkf import LETKF
 from .filters.rts import SmootherResult, rts_smoother
 from .filters.var3d import ThreeDVar, ThreeDVarState
 from .gaussian import Ensemble, Gaussian, SqrtGaussian
+from .inversion import (
+    EKI,
+    ETKI,
+    Bounds,
+    DataMisfitController,
+    DiscrepancyPrinciple,
+    EKSStableStep,
+    FixedStep,
+    InverseProblem,
+    InversionError,
+    InversionResult,
+    Prior,
+    bounded,
+    invert,
+    positive,
+)
 from .observations import FunctionObservation, IndexObservation, LinearObservation
 from .spectral_covariance import FourierCovariance, SpectralCovariance
 from .sharding import GridSharding, MemberSharding, device_mesh
@@ -51,6 +67,21 @@ from .ssm import LinearDynamics, LinearGaussianSSM, StateSpaceModel, TimeVarying
 __version__ = "0.1.0"
 
 __all__ = [
+    "EKI",
+    "ETKI",
+    "Bounds",
+    "DataMisfitController",
+    "DiscrepancyPrinciple",
+    "EKSStableStep",
+    "FixedStep",
+    "InverseProblem",
+    "InversionError",
+    "InversionResult",
+    "Prior",
+    "bounded",
+    "invert",
+    "positive",
+    "inversion",
     "AbstractCovariance",
     "EnKFN",
     "EnKFNInfo",

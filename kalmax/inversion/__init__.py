@@ -1,0 +1,37 @@
+"""Ensemble Kalman inversion and sampling: find u from y = G(u) + eta with ensembles."""
+
+from .base import AbstractInversion, EnsembleInversionState
+from .constraints import Bounds, bounded, positive, unbounded
+from .eki import EKI, ETKI
+from .invert import (
+    DiscrepancyPrinciple,
+    InversionError,
+    InversionHistory,
+    InversionResult,
+    invert,
+)
+from .problem import InverseProblem, Prior
+from .schedulers import AbstractScheduler, DataMisfitController, EKSStableStep, FixedStep, StepContext
+
+__all__ = [
+    "AbstractInversion",
+    "AbstractScheduler",
+    "Bounds",
+    "DataMisfitController",
+    "DiscrepancyPrinciple",
+    "EKI",
+    "EKSStableStep",
+    "ETKI",
+    "EnsembleInversionState",
+    "FixedStep",
+    "InverseProblem",
+    "InversionError",
+    "InversionHistory",
+    "InversionResult",
+    "Prior",
+    "StepContext",
+    "bounded",
+    "invert",
+    "positive",
+    "unbounded",
+]

@@ -1,0 +1,230 @@
+"""Ensemble Kalman inversion: EKI (Iglesias, Law & Stuart 2013), its Tikhonov form, and ETKI.
+
+One EKI iteration with step h moves every member towards the data,
+
+    u_j <- u_j + C^{uw} (C^{ww} + h^{-1} Gamma)^{-1} (y_j - G(u_j)),
+
+y_j = y (deterministic) or y + h^{-1/2} eta_j, eta_j ~ N(0, Gamma) (stochastic).
+It is computed in ensemble space (notation of `base.EnsembleSpace`): with
+C^{uw} = A_u^T S L^T and C^{ww} = L S^T S L^T, the Woodbury identity gives
+
+    du_j = A_u^T (S S^T + h^{-1} I_J)^{-1} S r_j,
+
+a J x J Cholesky solve: cost O(J^2 (d + p) + J^3) and memory O(J (d + p));
+no p x p or d x d matrix is formed, so data vectors of 10^5-10^6 entries are fine.
+
+Regimes: finite time (steps summing to 1, stochastic: for linear Gaussian
+problems the ensemble approximates the posterior) and infinite time
+(optimisation: with J > d and a linear G the ensemble collapses onto the
+least-squares solution). `tikhonov=True` is TEKI (Chada, Stuart & Tong 2020):
+the prior is appended to the data, so the iteration converges to the
+Tikhonov-regularised (MAP) estimate instead of over-fitting.
+
+`ETKI` is the ensemble transform Kalman inversion (the ETKF analysis with
+noise h^{-1} Gamma; Huang, Huang, Reich & Stuart 2022 "Efficient derivative-free
+Bayesian inference for large-scale inverse problems"): the mean moves by the
+EKI gain applied to the mean residual, the anomalies are transformed by
+T = (I + h S S^T)^{-1/2}. Deterministic, cost linear in p.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from ..linalg import cho_solve, sym_matrix_function
+from .base import (
+    AbstractInversion,
+    EnsembleInversionState,
+    EnsembleSpace,
+    check_ensemble_size,
+    initial_state,
+    resample_failed,
+)
+from .problem import InverseProblem
+from .schedulers import AbstractScheduler, FixedStep
+
+
+def _check_scheduler(scheduler) -> None:
+    if not isinstance(scheduler, AbstractScheduler):
+        raise TypeError(
+            f"`scheduler` must be a kalmax scheduler (FixedStep, DataMisfitController, EKSStableStep); "
+            f"got {type(scheduler).__name__}"
+        )
+
+
+def _tell_inputs(method, problem: InverseProblem, state: EnsembleInversionState, outputs, key, failures):
+    if key is None:
+        raise ValueError(
+            f"{type(method).__name__}.tell needs a `key`: it draws the data perturbations (stochastic EKI) and "
+            "redraws failed members"
+        )
+    if not isinstance(problem, InverseProblem):
+        raise TypeError(f"`problem` must be a kalmax InverseProblem; got {type(problem).__name__}")
+    if state.members.shape != (method.ensemble_size, problem.parameter_dim):
+        raise ValueError(
+            f"`state.members` must have shape ({method.ensemble_size}, {problem.parameter_dim}); "
+            f"got {tuple(state.members.shape)} (was the state made by this method and problem?)"
+        )
+    outputs = problem.check_outputs(outputs, method.ensemble_size)
+    codes = problem.member_failures(outputs)
+    if failures is not None:
+        failures = jnp.asarray(failures, jnp.int32)
+        if failures.shape != (method.ensemble_size,):
+            raise ValueError(f"`failures` must have shape ({method.ensemble_size},); got {tuple(failures.shape)}")
+        codes = jnp.where(failures != 0, failures, codes)
+    return outputs, codes
+
+
+def _finish(problem, state, space: EnsembleSpace, updated, codes, step, key):
+    """Redraw failed members, keep the old ensemble if fewer than two succeeded, advance time."""
+    enough = space.n_success >= 2
+    members = resample_failed(key, updated, space.success)
+    members = jnp.where(enough, members, state.members)
+    return EnsembleInversionState(
+        members=members,
+        bounds=state.bounds,
+        time=state.time + jnp.where(enough, step, 0.0),
+        iteration=state.iteration + enough.astype(jnp.int32),
+        misfit=jnp.zeros((), problem.dtype) + _misfit(problem, space),
+        failures=codes,
+        step_size=jnp.where(enough, step, jnp.nan).astype(problem.dtype),
+    )
+
+
+def _misfit(problem, space: EnsembleSpace):
+    r = space.context.residuals
+    mean = space.success.astype(r.dtype) @ r / jnp.maximum(space.n_success, 1.0)
+    return jnp.sum(mean**2)
+
+
+class EKI(AbstractInversion):
+    """Ensemble Kalman inversion (stochastic or deterministic), optionally Tikhonov-regularised (TEKI).
+
+    Attributes:
+        ensemble_size: J (at least 2; J > d for the infinite-time least-squares limit).
+        scheduler: the step-size rule (default `FixedStep(1.0)`; `FixedStep(1/n, end=1)` or
+            `DataMisfitController()` for finite-time use).
+        stochastic: perturb the data, y_j = y + h^{-1/2} eta_j (default True, as Iglesias et al. 2013).
+        tikhonov: append the prior to the data (TEKI).
+    """
+
+    ensemble_size: int = eqx.field(static=True)
+    scheduler: AbstractScheduler = FixedStep(1.0)
+    stochastic: bool = eqx.field(static=True, default=True)
+    tikhonov: bool = eqx.field(static=True, default=False)
+
+    def __check_init__(self):
+        check_ensemble_size(self.ensemble_size)
+        _check_scheduler(self.scheduler)
+
+    def init(self, problem: InverseProblem, key, members=None) -> EnsembleInversionState:
+        """J members drawn from the prior (or the given unconstrained (J, d) `members`)."""
+        return initial_state(problem, self.ensemble_size, key, members)
+
+    def ask(self, state: EnsembleInversionState):
+        return state.ensemble
+
+    def evaluation_points(self, state):
+        return state.members
+
+    def summary(self, state):
+        return _ensemble_summary(state)
+
+    def tell(self, problem: InverseProblem, state: EnsembleInversionState, outputs, key=None, failures=None):
+        """Update with the forward runs `outputs` (J, p) of the points from `ask` (rows failed as coded)."""
+        outputs, codes = _tell_inputs(self, problem, state, outputs, key, failures)
+        space = EnsembleSpace.build(problem, state.members, outputs, codes, state.time, self.tikhonov)
+        step = self.scheduler(space.context)
+        key_noise, key_resample = jax.random.split(key)
+        residuals = space.residuals
+        if self.stochastic:
+            noise = jax.random.normal(key_noise, residuals.shape, residuals.dtype)
+            residuals = residuals + jnp.where(space.success[:, None], noise, 0.0) / jnp.sqrt(step)
+        S = space.whitened_anomalies
+        size, q = S.shape
+        if q < size:  # data space: S (S^T S + I/h)^{-1} r_j, a q x q system
+            chol = jnp.linalg.cholesky(S.T @ S + jnp.eye(q, dtype=S.dtype) / step)
+            increments = cho_solve(chol, residuals.T).T @ (S.T @ space.anomalies)
+        else:  # ensemble space: (S S^T + I/h)^{-1} S r_j, a J x J system
+            chol = jnp.linalg.cholesky(S @ S.T + jnp.eye(size, dtype=S.dtype) / step)
+            increments = cho_solve(chol, S @ residuals.T).T @ space.anomalies
+        updated = state.members + increments
+        return _finish(problem, state, space, updated, codes, step, key_resample)
+
+
+class ETKI(AbstractInversion):
+    """Ensemble transform Kalman inversion: deterministic, square-root update, cost linear in p.
+
+    mean <- mean + A_u^T (S S^T + h^{-1} I)^{-1} S r_bar,  A_u <- (I + h S S^T)^{-1/2} A_u.
+
+    Attributes:
+        ensemble_size: J (at least 2).
+        scheduler: the step-size rule (default `FixedStep(1.0)`).
+        tikhonov: append the prior to the data (as TEKI).
+    """
+
+    ensemble_size: int = eqx.field(static=True)
+    scheduler: AbstractScheduler = FixedStep(1.0)
+    tikhonov: bool = eqx.field(static=True, default=False)
+
+    def __check_init__(self):
+        check_ensemble_size(self.ensemble_size)
+        _check_scheduler(self.scheduler)
+
+    def init(self, problem: InverseProblem, key, members=None) -> EnsembleInversionState:
+        return initial_state(problem, self.ensemble_size, key, members)
+
+    def ask(self, state: EnsembleInversionState):
+        return state.ensemble
+
+    def evaluation_points(self, state):
+        return state.members
+
+    def summary(self, state):
+        return _ensemble_summary(state)
+
+    def tell(self, problem: InverseProblem, state: EnsembleInversionState, outputs, key=None, failures=None):
+        """Update with the forward runs `outputs` (J, p); the key only redraws failed members."""
+        outputs, codes = _tell_inputs(self, problem, state, outputs, key, failures)
+        space = EnsembleSpace.build(problem, state.members, outputs, codes, state.time, self.tikhonov)
+        step = self.scheduler(space.context)
+        S, anomalies = space.whitened_anomalies, space.anomalies
+        size, q = S.shape
+        scale = jnp.sqrt(jnp.maximum(space.n_success - 1.0, 1.0))
+        if q < size:
+            # data space, with f(S S^T) = I + S g(S^T S) S^T for g(lam) = (f(lam) - 1) / lam
+            gram = S.T @ S
+            inner = sym_matrix_function(_gain_eigenvalues, gram, step)  # (S^T S + I/h)^{-1}
+            mean = space.mean + (S @ (inner @ space.mean_residual())) @ anomalies
+            correction = sym_matrix_function(_transform_minus_one_over_lambda, gram, step)
+            transformed = anomalies + S @ (correction @ (S.T @ anomalies))
+        else:
+            gram = S @ S.T
+            gain = sym_matrix_function(_gain_eigenvalues, gram, step)  # (S S^T + I/h)^{-1}
+            mean = space.mean + (gain @ (S @ space.mean_residual())) @ anomalies
+            transformed = sym_matrix_function(_transform_eigenvalues, gram, step) @ anomalies
+        updated = mean + scale * transformed
+        return _finish(problem, state, space, updated, codes, step, key)
+
+
+# Eigenvalue functions of the ETKI update (lam: eigenvalues of S S^T or S^T S, h: the step).
+def _gain_eigenvalues(lam, h):
+    return h / (1.0 + h * jnp.maximum(lam, 0.0))
+
+
+def _transform_eigenvalues(lam, h):
+    return jax.lax.rsqrt(1.0 + h * jnp.maximum(lam, 0.0))
+
+
+def _transform_minus_one_over_lambda(lam, h):
+    root = jnp.sqrt(1.0 + h * jnp.maximum(lam, 0.0))
+    return -h / (root * (1.0 + root))
+
+
+def _ensemble_summary(state: EnsembleInversionState):
+    members = state.members
+    mean = members.mean(axis=0)
+    variance = jnp.sum((members - mean) ** 2, axis=0) / (members.shape[0] - 1)
+    return mean, variance, state.ensemble.mean(axis=0)
