@@ -11,6 +11,7 @@ from .invert import (
     invert,
 )
 from .problem import InverseProblem, Prior
+from .uki import UKI, UKIState
 from .schedulers import AbstractScheduler, DataMisfitController, EKSStableStep, FixedStep, StepContext
 
 __all__ = [
@@ -30,6 +31,8 @@ __all__ = [
     "InversionResult",
     "Prior",
     "StepContext",
+    "UKI",
+    "UKIState",
     "bounded",
     "invert",
     "positive",

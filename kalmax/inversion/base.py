@@ -20,6 +20,7 @@ successful members, drawn from their deviations (no matrix square root).
 from __future__ import annotations
 
 import abc
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -75,6 +76,8 @@ class EnsembleInversionState(eqx.Module):
 
 class AbstractInversion(eqx.Module):
     """Base of inversion methods: `init`, `ask`, `tell`, `step` and the summaries `invert` records."""
+
+    success_requirement: ClassVar[str] = "at least two successful forward runs are needed to update"
 
     @abc.abstractmethod
     def init(self, problem: InverseProblem, key, members=None): ...

@@ -291,11 +291,12 @@ def invert(
     history = InversionHistory(*rows)
     result = InversionResult(state=state, history=history, code=code, n_iterations=n_done)
     if throw:
-        result = _check(result, type(method).__name__)
+        result = _check(result, method)
     return result
 
 
-def _check(result: InversionResult, name: str) -> InversionResult:
+def _check(result: InversionResult, method) -> InversionResult:
+    name = type(method).__name__
     code = result.code
     if _checks.is_concrete(code):
         code = int(code)
@@ -303,8 +304,8 @@ def _check(result: InversionResult, name: str) -> InversionResult:
             n = int(result.n_iterations)
             failures = np.asarray(result.history.failures[n])
             raise InversionError(
-                f"{name}: at iteration {n}, {failure_summary(failures)}; at least two successful forward runs "
-                "are needed to update (run with throw=False to inspect result.history.failures)"
+                f"{name}: at iteration {n}, {failure_summary(failures)}; {method.success_requirement} "
+                "(run with throw=False to inspect result.history.failures)"
             )
         if code == NON_FINITE:
             raise InversionError(

@@ -58,6 +58,7 @@ O(d^2 q + d^3); memory O(d (d + q)).
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -163,6 +164,8 @@ class UKI(AbstractInversion):
     Reference: D. Z. Huang, T. Schneider, A. M. Stuart (2022), "Iterated Kalman
     methodology for inverse problems", J. Comput. Phys. 463:111262.
     """
+
+    success_requirement: ClassVar[str] = "every sigma point must succeed to update (a failed one cannot be redrawn)"
 
     alpha: Float[Array, ""] | float = 1.0
     impose_prior: bool = eqx.field(static=True, default=True)
