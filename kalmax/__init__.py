@@ -44,6 +44,7 @@ from .filters.var3d import ThreeDVar, ThreeDVarState
 from .gaussian import Ensemble, Gaussian, SqrtGaussian
 from .inversion import (
     EKI,
+    EKS,
     ETKI,
     Bounds,
     DataMisfitController,
@@ -69,6 +70,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "EKI",
+    "EKS",
     "ETKI",
     "Bounds",
     "DataMisfitController",

@@ -11,6 +11,7 @@ from .invert import (
     invert,
 )
 from .problem import InverseProblem, Prior
+from .eks import EKS
 from .uki import UKI, UKIState
 from .schedulers import AbstractScheduler, DataMisfitController, EKSStableStep, FixedStep, StepContext
 
@@ -21,6 +22,7 @@ __all__ = [
     "DataMisfitController",
     "DiscrepancyPrinciple",
     "EKI",
+    "EKS",
     "EKSStableStep",
     "ETKI",
     "EnsembleInversionState",

@@ -121,7 +121,8 @@ class EKSStableStep(AbstractScheduler):
     """dt_n = numerator / (|D_n|_F + nugget) (Garbuno-Inigo, Hoffmann, Li & Stuart 2020, sec. 4).
 
     D_n is the J x J matrix D_jk = <G(u_k) - mean G, Gamma^{-1}(G(u_j) - y)> / J
-    of the EKS drift; the rule keeps the explicit part of the step stable.
+    of the EKS drift (J: the successful members); the rule keeps the explicit
+    part of the step stable.
     """
 
     numerator: Float[Array, ""] | float = 1.0
@@ -137,6 +138,5 @@ class EKSStableStep(AbstractScheduler):
         return self.end
 
     def raw_step(self, context):
-        size = context.residuals.shape[0]
-        drift = -(context.residuals @ context.output_anomalies.T) / size
+        drift = -(context.residuals @ context.output_anomalies.T) / context.n_success
         return self.numerator / (jnp.sqrt(jnp.sum(drift**2)) + self.nugget)
