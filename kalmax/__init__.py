@@ -4,7 +4,7 @@ Public names are re-exported here explicitly; implementations live in modules
 named after what they hold.
 """
 
-from . import datasets, experiments, inversion, metrics, models
+from . import datasets, experiments, inversion, metrics, models, problems
 from ._status import DivergenceError
 from .assimilate import History, Save, assimilate, log_likelihood
 from .covariance import (
@@ -57,6 +57,7 @@ from .inversion import (
     Prior,
     UKI,
     bounded,
+    eki_flow,
     invert,
     positive,
 )
@@ -83,9 +84,11 @@ __all__ = [
     "Prior",
     "UKI",
     "bounded",
+    "eki_flow",
     "invert",
     "positive",
     "inversion",
+    "problems",
     "AbstractCovariance",
     "EnKFN",
     "EnKFNInfo",

@@ -12,6 +12,7 @@ from .invert import (
 )
 from .problem import InverseProblem, Prior
 from .eks import EKS
+from .flow import EKIFlowResult, eki_flow, eki_velocity
 from .uki import UKI, UKIState
 from .schedulers import AbstractScheduler, DataMisfitController, EKSStableStep, FixedStep, StepContext
 
@@ -24,6 +25,7 @@ __all__ = [
     "EKI",
     "EKS",
     "EKSStableStep",
+    "EKIFlowResult",
     "ETKI",
     "EnsembleInversionState",
     "FixedStep",
@@ -36,6 +38,8 @@ __all__ = [
     "UKI",
     "UKIState",
     "bounded",
+    "eki_flow",
+    "eki_velocity",
     "invert",
     "positive",
     "unbounded",
