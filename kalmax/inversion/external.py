@@ -1,0 +1,409 @@
+"""`invert_external`: inversion with a forward model outside JAX (a simulator, a script).
+
+The forward model is a plain Python callable ``forward(theta) -> (p,) array``
+on one NumPy (d,) physical parameter vector. Each iteration asks the method
+for its points, runs ``forward`` on every point through a
+`concurrent.futures.Executor`, and tells the method the outputs:
+
+    points = method.ask(state)                         # (J, d) physical, on the host
+    outputs[j] = forward(points[j])                    # on the executor's workers
+    state = method.tell(problem, state, outputs, key, failures=codes)   # jitted once
+
+Executors: a local `ProcessPoolExecutor` (the default, created and shut down
+by the call, with the "spawn" start method: forking a process that runs JAX
+can deadlock), a `ThreadPoolExecutor` (for a forward that releases the GIL or
+launches subprocesses itself), or a Dask cluster over several machines via
+``distributed.Client(...).get_executor()``. A process pool pickles ``forward``
+by reference, so it must be defined at module level (under spawn, a script's
+own functions need the ``if __name__ == "__main__":`` guard); Dask uses
+cloudpickle and also takes closures, but a function pickled by reference must
+be importable on its workers (or registered with
+``cloudpickle.register_pickle_by_value``): a task that cannot be unpickled on
+a Dask worker never completes, so give `timeout` on a cluster.
+
+What the loop does with the runs:
+- a run that raises gets the code `MEMBER_RAISED` and a NaN row: the method
+  redraws that member from the successful ones; the first few exception
+  messages of each iteration are logged (logger ``kalmax.inversion.external``,
+  level WARNING), passed to `callback`, and quoted in the `InversionError`
+  raised when too few runs succeed;
+- a run that does not finish within `timeout` seconds counts as raised (a
+  process pool cannot stop a running task: its worker stays busy);
+- a run that returns something other than a (p,) array of numbers is a bug,
+  not a failed run: `invert_external` raises a `ValueError` (`TypeError` for
+  non-numbers) naming the member, the iteration and the expected shape;
+- non-finite outputs and the problem's `failed_if` are coded by `tell`.
+
+Stopping rules, history and result codes are those of `invert` (row n of the
+history describes ensemble n; N updates evaluate the forward model N + 1
+times), and with the same key the run reproduces `invert` with the equivalent
+JAX forward model. The decision and the update of one iteration are a single
+`eqx.filter_jit` function, compiled on the first iteration and reused.
+
+Driving the loop yourself (for example with a job scheduler, one job a
+member); `tell` is compiled once by `eqx.filter_jit`::
+
+    import equinox as eqx
+    import jax
+    import numpy as np
+    from kalmax.inversion.eki import EKI
+    from kalmax.inversion.problem import MEMBER_RAISED, InverseProblem, Prior
+
+    def simulator(theta):  # stands for a job: a Fortran code, a script, ...
+        if theta[1] > 3.0:
+            raise RuntimeError("solver diverged")
+        return np.array([theta[0] + theta[1], theta[0] - theta[1], 2.0 * theta[1]])
+
+    problem = InverseProblem(
+        None, np.array([1.0, 0.2, 0.8]), 0.01 * np.eye(3), Prior(np.zeros(2), np.eye(2))
+    )
+    eki = EKI(ensemble_size=20)
+    tell = eqx.filter_jit(eki.tell)
+    key, key_init = jax.random.split(jax.random.key(0))
+    state = eki.init(problem, key_init)
+    for n in range(10):
+        thetas = np.asarray(eki.ask(state))  # (J, d) physical parameters
+        outputs = np.full((len(thetas), problem.data_dim), np.nan)
+        codes = np.zeros(len(thetas), np.int32)
+        for j, theta in enumerate(thetas):  # submit the jobs, then collect them
+            try:
+                outputs[j] = simulator(theta)
+            except RuntimeError:
+                codes[j] = MEMBER_RAISED  # redrawn from the successful members
+        key, key_n = jax.random.split(key)
+        state = tell(problem, state, outputs, key_n, failures=codes)
+    estimate = state.ensemble.mean(axis=0)  # close to (0.6, 0.4)
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import logging
+import math
+import multiprocessing
+import pickle
+import time
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .base import AbstractInversion
+from .invert import (
+    RUNNING,
+    TOO_FEW_SUCCESSES,
+    DiscrepancyPrinciple,
+    InversionError,
+    InversionHistory,
+    InversionResult,
+    _check,
+    _decide,
+    _row,
+)
+from .problem import MEMBER_OK, MEMBER_RAISED, InverseProblem
+
+logger = logging.getLogger(__name__)
+
+#: How many exception messages of one iteration are kept (logged, passed to the callback, raised).
+MAX_MESSAGES = 3
+_TIMEOUT = "TimeoutError: did not finish"
+
+
+@dataclasses.dataclass(frozen=True)
+class IterationReport:
+    """What `invert_external` passes to `callback` after each iteration (host-side NumPy values).
+
+    Attributes:
+        iteration: n, the row of the history this iteration filled.
+        points: (J, d) physical parameters the forward model ran on (ensemble n).
+        outputs: (J, p) its outputs (NaN rows for runs that raised or timed out).
+        failures: (J,) failure codes of ensemble n (as `history.failures[n]`).
+        errors: up to `MAX_MESSAGES` pairs (member, "ExceptionType: message").
+        n_raised: how many runs raised or timed out.
+        code: RUNNING (-1) if the run goes on, else the final result code.
+        state: the state after this iteration (the updated one, or ensemble n if
+            the run stopped): pass it as `init_state` to resume.
+        forward_seconds: wall time of the executor round trip (submit, run, gather).
+        update_seconds: wall time of the jitted decision and update.
+    """
+
+    iteration: int
+    points: np.ndarray
+    outputs: np.ndarray
+    failures: np.ndarray
+    errors: tuple[tuple[int, str], ...]
+    n_raised: int
+    code: int
+    state: eqx.Module
+    forward_seconds: float
+    update_seconds: float
+
+
+@eqx.filter_jit
+def _ask(method, state):
+    return method.ask(state)
+
+
+@eqx.filter_jit
+def _update(problem, method, stop, adaptive: bool, state, outputs, raised, key, n, n_limit):
+    """One iteration of `invert`'s loop (`invert._iterate`) with the outputs given instead of evaluated."""
+    failures = problem.member_failures(outputs)
+    failures = jnp.where(raised != MEMBER_OK, raised, failures)
+    mean, variance, physical_mean, misfit = _row(method, problem, state, outputs, failures)
+    code = _decide(method, problem, state, misfit, failures, n, n_limit, stop, adaptive)
+    running = code == RUNNING
+    new_state = jax.lax.cond(
+        running,
+        lambda s: method.tell(problem, s, outputs, key, failures),
+        lambda s: s,
+        state,
+    )
+    step = jnp.where(running, new_state.step_size, jnp.nan).astype(problem.dtype)
+    row = (mean, variance, physical_mean, misfit, state.time, step, failures)
+    return new_state, code, row
+
+
+def _run_members(executor, forward, points: np.ndarray, data_dim: int, dtype, timeout, iteration: int):
+    """Run `forward` on every row of `points`: (J, p) outputs, (J,) raised codes, [(member, message)]."""
+    size = points.shape[0]
+    futures = []
+    try:
+        for theta in points:
+            futures.append(executor.submit(forward, np.array(theta)))
+        _, pending = cf.wait(futures, timeout=timeout)
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        raise
+    for future in pending:
+        future.cancel()
+    outputs = np.full((size, data_dim), np.nan, dtype)
+    raised = np.zeros(size, np.int32)
+    messages = []
+    for j, future in enumerate(futures):
+        if future in pending:
+            raised[j] = MEMBER_RAISED
+            messages.append((j, f"{_TIMEOUT} within timeout={timeout} s"))
+            continue
+        err = future.exception()
+        if err is not None:
+            raised[j] = MEMBER_RAISED
+            messages.append((j, f"{type(err).__name__}: {err}"))
+            continue
+        outputs[j] = _as_output(future.result(), j, iteration, points[j], data_dim, dtype)
+    return outputs, raised, messages
+
+
+def _as_output(value, member: int, iteration: int, theta, data_dim: int, dtype) -> np.ndarray:
+    theta = np.array2string(theta, precision=4)
+    where = f"the forward run of member {member} at iteration {iteration} (theta = {theta})"
+    try:
+        array = np.asarray(value)
+    except Exception as err:  # noqa: BLE001 - re-raised with the member named
+        raise TypeError(f"{where} returned a {type(value).__name__}, not an array: {err}") from err
+    if array.dtype.kind not in "biuf":
+        raise TypeError(
+            f"{where} returned a {type(value).__name__} of dtype {array.dtype}; `forward` must return a "
+            f"({data_dim},) array of real numbers (the size of `y`)"
+        )
+    if array.shape != (data_dim,):
+        raise ValueError(
+            f"{where} returned shape {array.shape}; `forward` must return a ({data_dim},) array "
+            f"(one predicted datum per entry of `y`)"
+        )
+    return array.astype(dtype)
+
+
+def _check_picklable(forward) -> None:
+    try:
+        pickle.dumps(forward)
+    except Exception as err:  # noqa: BLE001 - re-raised with the argument named
+        raise TypeError(
+            f"`forward` must be picklable to run in a process pool (a function defined at module level, not a "
+            f"lambda or a local function): {type(err).__name__}: {err}. Use a ThreadPoolExecutor or a Dask "
+            "client's executor (cloudpickle) for closures"
+        ) from err
+
+
+def invert_external(
+    problem: InverseProblem,
+    method: AbstractInversion,
+    key,
+    forward: Callable,
+    n_steps: int | None = None,
+    *,
+    executor: cf.Executor | None = None,
+    stop: DiscrepancyPrinciple | None = None,
+    max_steps: int = 100,
+    init_state=None,
+    throw: bool = True,
+    timeout: float | None = None,
+    callback: Callable[[IterationReport], None] | None = None,
+) -> InversionResult:
+    """Run `method` on `problem` with a forward model outside JAX, evaluated on `executor`.
+
+    The loop, the stopping rules, the history and the result are those of
+    `invert` (same key: same history, up to rounding); only the forward runs
+    differ: `forward(theta)` on each (d,) NumPy row of `method.ask(state)`,
+    submitted to `executor` and gathered before the (jitted) update.
+
+    Args:
+        problem: the `InverseProblem`; its `forward` is ignored (None is usual).
+        method: `EKI`, `ETKI`, `EKS`, `UKI`, ...
+        key: PRNG key (as `invert`).
+        forward: `forward(theta) -> (p,)` array-like, theta a (d,) NumPy array of
+            physical parameters in the problem's dtype.
+        n_steps: the number of updates, or the bound of an adaptive run (as `invert`).
+        executor: a `concurrent.futures.Executor`; default: a `ProcessPoolExecutor`
+            (spawn, one worker per core) created and shut down by this call.
+        stop: `DiscrepancyPrinciple(...)` or None.
+        max_steps: the bound of adaptive runs when `n_steps` is None.
+        init_state: start from this state instead of `method.init(problem, key)`.
+        throw: raise `InversionError` when too few runs succeed or the ensemble
+            becomes non-finite; with False read `result.code`.
+        timeout: seconds to wait for one iteration's runs; runs still going then
+            count as raised (MEMBER_RAISED). None: wait for ever.
+        callback: called as `callback(IterationReport)` after every iteration
+            (progress, checkpoints); its return value is ignored.
+
+    Returns:
+        `InversionResult(state, history, code, n_iterations)`, as `invert`.
+
+    Raises:
+        InversionError: (with `throw`) too few successful runs, quoting the first
+            exception messages, or a non-finite ensemble.
+        ValueError / TypeError: bad arguments, or a run returning a wrong shape.
+    """
+    if not isinstance(problem, InverseProblem):
+        raise TypeError(f"`problem` must be a kalmax InverseProblem; got {type(problem).__name__}")
+    if not isinstance(method, AbstractInversion):
+        raise TypeError(
+            f"`method` must be a kalmax inversion method (EKI, ETKI, EKS, UKI); got {type(method).__name__}"
+        )
+    if not callable(forward):
+        raise TypeError(f"`forward` must be callable (theta -> (p,) predicted data); got {type(forward).__name__}")
+    if executor is not None and not isinstance(executor, cf.Executor):
+        raise TypeError(
+            "`executor` must be a concurrent.futures.Executor (ProcessPoolExecutor, ThreadPoolExecutor, "
+            f"distributed.Client(...).get_executor()) or None; got {type(executor).__name__}"
+        )
+    if stop is not None and not isinstance(stop, DiscrepancyPrinciple):
+        raise TypeError(f"`stop` must be a DiscrepancyPrinciple or None; got {type(stop).__name__}")
+    if n_steps is not None and (not isinstance(n_steps, int) or isinstance(n_steps, bool) or n_steps < 0):
+        raise ValueError(f"`n_steps` must be a non-negative int; got {n_steps!r}")
+    if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 1:
+        raise ValueError(f"`max_steps` must be a positive int; got {max_steps!r}")
+    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+        raise ValueError(f"`timeout` must be a positive number of seconds or None; got {timeout!r}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"`callback` must be callable (IterationReport -> None) or None; got {type(callback).__name__}")
+    final_time = getattr(getattr(method, "scheduler", None), "final_time", math.inf)
+    adaptive = stop is not None or math.isfinite(final_time)
+    if n_steps is None and not adaptive:
+        raise ValueError(
+            "give `n_steps`, a stopping rule (`stop=DiscrepancyPrinciple()`), or a scheduler with a final time "
+            "(e.g. DataMisfitController()): otherwise the run has no end"
+        )
+    if key is None and method.requires_key():
+        raise ValueError(f"{type(method).__name__} needs a `key` (initial ensemble, perturbations, redraws)")
+    if executor is None or isinstance(executor, cf.ProcessPoolExecutor):
+        _check_picklable(forward)
+
+    # the key sequence of `invert`, so that both runs draw the same numbers
+    if init_state is None:
+        key_init, key = (None, None) if key is None else jax.random.split(key)
+        state = method.init(problem, key_init)
+    else:
+        state = init_state
+    n_limit = (max_steps if n_steps is None else n_steps) if adaptive else n_steps
+    keys = None if (adaptive or key is None) else jax.random.split(key, n_steps + 1)
+
+    owned = executor is None
+    if owned:
+        executor = cf.ProcessPoolExecutor(mp_context=multiprocessing.get_context("spawn"))
+    timed_out = [False]
+    try:
+        state, code, rows, last_messages, n_done = _loop(
+            problem, method, forward, executor, state, key, keys, n_limit, adaptive, stop, timeout, callback,
+            timed_out,
+        )  # fmt: skip
+    finally:
+        if owned:
+            # runs that timed out may still be going: do not wait for them
+            executor.shutdown(wait=not timed_out[0], cancel_futures=True)
+
+    history = InversionHistory(*(jnp.asarray(r) for r in rows))
+    result = InversionResult(state=state, history=history, code=jnp.int32(code), n_iterations=jnp.int32(n_done))
+    if throw:
+        try:
+            result = _check(result, method)
+        except InversionError as err:
+            if code == TOO_FEW_SUCCESSES and last_messages:
+                quoted = "; ".join(f"member {j}: {m}" for j, m in last_messages)
+                raise InversionError(f"{err}. First errors of the forward runs: {quoted}") from None
+            raise
+    return result
+
+
+def _loop(problem, method, forward, executor, state, key, keys, n_limit, adaptive, stop, timeout, callback, timed_out):
+    n_rows = n_limit + 1
+    n_points = method.n_points(problem)
+    d, p = problem.parameter_dim, problem.data_dim
+    dtype = np.dtype(problem.dtype)
+    rows = [
+        np.full((n_rows, d), np.nan, dtype),
+        np.full((n_rows, d), np.nan, dtype),
+        np.full((n_rows, d), np.nan, dtype),
+        np.full((n_rows,), np.nan, dtype),
+        np.full((n_rows,), np.nan, dtype),
+        np.full((n_rows,), np.nan, dtype),
+        np.full((n_rows, n_points), -1, np.int32),
+    ]
+    messages = []
+    for n in range(n_rows):
+        if keys is not None:
+            key_n = keys[n]
+        elif key is not None:
+            key, key_n = jax.random.split(key)
+        else:
+            key_n = None
+        start = time.perf_counter()
+        points = np.asarray(_ask(method, state), dtype)
+        outputs, raised, errors = _run_members(executor, forward, points, p, dtype, timeout, n)
+        timed_out[0] = timed_out[0] or any(m.startswith(_TIMEOUT) for _, m in errors)
+        forward_done = time.perf_counter()
+        messages = errors[:MAX_MESSAGES]
+        if errors:
+            logger.warning(
+                "iteration %d: %d of %d forward runs raised; %s",
+                n, len(errors), len(points), "; ".join(f"member {j}: {m}" for j, m in messages),
+            )  # fmt: skip
+        state, code, row = _update(
+            problem, method, stop, adaptive, state, outputs, raised, key_n, jnp.int32(n), jnp.int32(n_limit)
+        )
+        row = jax.device_get(row)
+        code = int(code)
+        update_done = time.perf_counter()
+        for buffer, value in zip(rows, row):
+            buffer[n] = value
+        if callback is not None:
+            callback(
+                IterationReport(
+                    iteration=n,
+                    points=points,
+                    outputs=outputs,
+                    failures=np.asarray(row[-1]),
+                    errors=tuple(messages),
+                    n_raised=len(errors),
+                    code=code,
+                    state=state,
+                    forward_seconds=forward_done - start,
+                    update_seconds=update_done - forward_done,
+                )
+            )
+        if code != RUNNING:
+            return state, code, rows, messages, n
+    raise AssertionError("unreachable: the decision stops the run at n_limit")  # pragma: no cover
