@@ -59,6 +59,7 @@ from .inversion import (
     bounded,
     eki_flow,
     invert,
+    invert_external,
     positive,
 )
 from .observations import FunctionObservation, IndexObservation, LinearObservation
@@ -86,6 +87,7 @@ __all__ = [
     "bounded",
     "eki_flow",
     "invert",
+    "invert_external",
     "positive",
     "inversion",
     "problems",

@@ -34,3 +34,17 @@ def test_tracking_example_runs_and_the_smoother_beats_the_filter(tmp_path, capsy
     assert "RTS smoother" in out and (tmp_path / "tracking.png").stat().st_size > 10_000
     truth, ys, history, smoothed = example.run_experiment(seed=5)[:4]
     assert example.rmse(smoothed.mean[:, :2], truth[:, :2]) < example.rmse(history.mean[:, :2], truth[:, :2])
+
+
+def test_darcy_inversion_example_recovers_the_field(tmp_path):
+    example = load("darcy_inversion")
+    out = example.run(grid_size=16, n_modes=8, ensemble_size=30, seed=0, eks_steps=40)
+    runs = out["runs"]
+    assert set(runs) == {"EKI", "ETKI", "UKI", "EKS"}
+    for name in ("EKI", "ETKI"):
+        assert runs[name]["message"].startswith("stopped by the discrepancy principle")
+        assert runs[name]["error"] < out["prior_error"] / 3
+    assert runs["UKI"]["error"] < out["prior_error"] / 3
+    assert "EKI" in example.table(out)
+    path = example.plot(out, str(tmp_path / "darcy.png"))
+    assert Path(path).stat().st_size > 10_000

@@ -4,19 +4,45 @@ from .base import AbstractInversion, EnsembleInversionState
 from .constraints import Bounds, bounded, positive, unbounded
 from .eki import EKI, ETKI
 from .invert import (
+    COMPLETED,
+    DISCREPANCY,
+    FINAL_TIME,
+    MAX_STEPS,
+    NON_FINITE,
+    TOO_FEW_SUCCESSES,
     DiscrepancyPrinciple,
     InversionError,
     InversionHistory,
     InversionResult,
     invert,
 )
-from .problem import InverseProblem, Prior
+from .problem import (
+    MEMBER_CRITERION,
+    MEMBER_NON_FINITE,
+    MEMBER_OK,
+    MEMBER_RAISED,
+    InverseProblem,
+    Prior,
+)
 from .eks import EKS
+from .external import IterationReport, invert_external
 from .flow import EKIFlowResult, eki_flow, eki_velocity
 from .uki import UKI, UKIState
 from .schedulers import AbstractScheduler, DataMisfitController, EKSStableStep, FixedStep, StepContext
 
 __all__ = [
+    "COMPLETED",
+    "DISCREPANCY",
+    "FINAL_TIME",
+    "MAX_STEPS",
+    "MEMBER_CRITERION",
+    "MEMBER_NON_FINITE",
+    "MEMBER_OK",
+    "MEMBER_RAISED",
+    "NON_FINITE",
+    "TOO_FEW_SUCCESSES",
+    "IterationReport",
+    "invert_external",
     "AbstractInversion",
     "AbstractScheduler",
     "Bounds",

@@ -100,8 +100,7 @@ from .invert import (
     InversionHistory,
     InversionResult,
     _check,
-    _decide,
-    _row,
+    iterate_with_outputs,
 )
 from .problem import MEMBER_OK, MEMBER_RAISED, InverseProblem
 
@@ -152,18 +151,7 @@ def _update(problem, method, stop, adaptive: bool, state, outputs, raised, key, 
     """One iteration of `invert`'s loop (`invert._iterate`) with the outputs given instead of evaluated."""
     failures = problem.member_failures(outputs)
     failures = jnp.where(raised != MEMBER_OK, raised, failures)
-    mean, variance, physical_mean, misfit = _row(method, problem, state, outputs, failures)
-    code = _decide(method, problem, state, misfit, failures, n, n_limit, stop, adaptive)
-    running = code == RUNNING
-    new_state = jax.lax.cond(
-        running,
-        lambda s: method.tell(problem, s, outputs, key, failures),
-        lambda s: s,
-        state,
-    )
-    step = jnp.where(running, new_state.step_size, jnp.nan).astype(problem.dtype)
-    row = (mean, variance, physical_mean, misfit, state.time, step, failures)
-    return new_state, code, row
+    return iterate_with_outputs(method, problem, stop, n_limit, adaptive, state, outputs, failures, key, n)
 
 
 def _run_members(executor, forward, points: np.ndarray, data_dim: int, dtype, timeout, iteration: int):

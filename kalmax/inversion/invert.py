@@ -151,7 +151,14 @@ def _decide(method, problem, state, misfit, failures, n, n_limit, stop, adaptive
 
 def _iterate(method, problem, stop, n_limit, adaptive, state, key, n):
     outputs = problem.evaluate(method.evaluation_points(state))
-    failures = problem.member_failures(outputs)
+    return iterate_with_outputs(method, problem, stop, n_limit, adaptive, state, outputs, problem.member_failures(outputs), key, n)
+
+
+def iterate_with_outputs(method, problem, stop, n_limit, adaptive, state, outputs, failures, key, n):
+    """One iteration given ensemble n's outputs and failure codes (shared with `invert_external`).
+
+    Returns (next state, result code or RUNNING, history row of ensemble n).
+    """
     mean, variance, physical_mean, misfit = _row(method, problem, state, outputs, failures)
     code = _decide(method, problem, state, misfit, failures, n, n_limit, stop, adaptive)
     running = code == RUNNING

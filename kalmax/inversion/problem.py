@@ -85,6 +85,12 @@ class InverseProblem(eqx.Module):
         failed_if: optional criterion `failed_if(output) -> bool` on one member's
             (p,) output (e.g. a magnitude outlier); flagged members are treated
             like members whose run failed.
+        map_batch_size: None (default) evaluates the members with `jax.vmap`; an
+            int k evaluates them k at a time with `jax.lax.map(..., batch_size=k)`
+            inside the same compiled program: less memory for large forward
+            models, and on CPU often faster for solvers made of many small
+            LAPACK calls, whose batched forms XLA:CPU runs slower (measured on
+            the Darcy solve at 32 x 32: k = 1 is 1.7x faster than vmap).
     """
 
     forward: Callable | None
@@ -92,8 +98,11 @@ class InverseProblem(eqx.Module):
     obs_cov: AbstractCovariance
     prior: Prior
     failed_if: Callable | None = None
+    map_batch_size: int | None = eqx.field(static=True, default=None)
 
-    def __init__(self, forward, y, obs_cov, prior: Prior, *, failed_if: Callable | None = None):
+    def __init__(
+        self, forward, y, obs_cov, prior: Prior, *, failed_if: Callable | None = None, map_batch_size: int | None = None
+    ):
         y = _checks.as_float_array("y", y)
         if y.ndim != 1:
             raise ValueError(f"`y` must be a (p,) data vector; got shape {tuple(y.shape)}")
@@ -107,8 +116,13 @@ class InverseProblem(eqx.Module):
             raise TypeError(f"`forward` must be callable (theta -> predicted data) or None; got {type(forward).__name__}")
         if failed_if is not None and not callable(failed_if):
             raise TypeError(f"`failed_if` must be callable (output -> bool) or None; got {type(failed_if).__name__}")
+        if map_batch_size is not None and (
+            not isinstance(map_batch_size, int) or isinstance(map_batch_size, bool) or map_batch_size < 1
+        ):
+            raise ValueError(f"`map_batch_size` must be None (vmap) or a positive int; got {map_batch_size!r}")
         p = y.shape[0]
         self.forward, self.y, self.prior, self.failed_if = forward, y, prior, failed_if
+        self.map_batch_size = map_batch_size
         self.obs_cov = as_covariance("obs_cov", obs_cov, p, y.dtype, allow_zero=False)
         if forward is not None:
             try:
@@ -147,13 +161,18 @@ class InverseProblem(eqx.Module):
         return self.prior.bounds.unconstrain(theta)
 
     def evaluate(self, members: Float[Array, "J d"]) -> Float[Array, "J p"]:
-        """G(T(u_j)) for every row of the unconstrained `members`, `vmap`ped."""
+        """G(T(u_j)) for every row of the unconstrained `members` (`vmap`, or `lax.map` with `map_batch_size`)."""
         if self.forward is None:
             raise ValueError(
                 "this InverseProblem has forward=None (a model outside JAX): evaluate it yourself with "
                 "method.ask / method.tell, or use kalmax.invert_external"
             )
-        return jax.vmap(lambda u: self.forward(self.constrain(u)))(members)
+        def run(u):
+            return self.forward(self.constrain(u))
+
+        if self.map_batch_size is None:
+            return jax.vmap(run)(members)
+        return jax.lax.map(run, members, batch_size=self.map_batch_size)
 
     def check_outputs(self, outputs, size: int) -> jax.Array:
         """`outputs` as a (size, p) array in the problem's dtype, or a clear error."""

@@ -86,6 +86,7 @@ def darcy_problem(
     source=None,
     observation_points=None,
     dtype=None,
+    map_batch_size: int | None = None,
 ) -> DarcyProblem:
     """The Darcy inverse problem y = G(theta) + eta with a known truth.
 
@@ -97,6 +98,8 @@ def darcy_problem(
         truth: optional (n_modes,) true coefficients; default a draw from the prior N(0, I).
         alpha, tau, source, observation_points: passed to `kalmax.models.Darcy`.
         dtype: float dtype (default JAX's default float).
+        map_batch_size: passed to `InverseProblem` (None: members vmapped; an int k: `lax.map`
+            k at a time, faster on CPU for this solver, see `InverseProblem`).
 
     Returns:
         `DarcyProblem(problem, model, truth, log_permeability, noise_std)`.
@@ -131,7 +134,9 @@ def darcy_problem(
     clean = _evaluate(model, truth)
     y = clean + noise_std * jax.random.normal(key_noise, clean.shape, dtype)
     prior = Prior(jnp.zeros((n_modes,), dtype), ScalarCovariance(jnp.ones((), dtype), n_modes))
-    problem = InverseProblem(model, y, ScalarCovariance(noise_std**2, model.data_dim), prior)
+    problem = InverseProblem(
+        model, y, ScalarCovariance(noise_std**2, model.data_dim), prior, map_batch_size=map_batch_size
+    )
     return DarcyProblem(
         problem=problem,
         model=model,

@@ -84,6 +84,15 @@ def test_problem_properties_and_evaluate():
     np.testing.assert_allclose(whitened, 0.5)
 
 
+def test_map_batch_size_evaluates_like_vmap():
+    members = jax.random.normal(jax.random.key(0), (7, 3))
+    expected = _problem().evaluate(members)
+    for k in (1, 3, 7):
+        np.testing.assert_allclose(_problem(map_batch_size=k).evaluate(members), expected, rtol=1e-14)
+    with pytest.raises(ValueError, match=re.escape("`map_batch_size` must be None (vmap) or a positive int; got 0")):
+        _problem(map_batch_size=0)
+
+
 def test_member_failures_codes_and_summary():
     problem = _problem(failed_if=lambda g: jnp.max(jnp.abs(g)) > 100.0)
     outputs = jnp.array([[1.0] * 5, [np.nan] + [1.0] * 4, [1e3] + [1.0] * 4, [np.inf] * 5])
