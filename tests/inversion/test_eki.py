@@ -262,3 +262,37 @@ def test_tell_bad_input():
         method.init(problem, None, members=np.zeros((5, 2)))
     with pytest.raises(ValueError, match="a `key` is required"):
         method.init(problem, None)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize(
+    "method",
+    [EKI(8, FixedStep(0.5)), EKI(8, FixedStep(0.5), stochastic=False, tikhonov=True), ETKI(8, FixedStep(0.5))],
+    ids=["EKI", "TEKI", "ETKI"],
+)
+def test_jit_vmap_grad_in_both_precisions(method, dtype):
+    problem, ref = linear_problem(d=3, p=5, dtype=dtype)
+    key = jax.random.key(14)
+
+    def final(y):
+        prob = InverseProblem(problem.forward, y, problem.obs_cov, problem.prior)
+        return invert(prob, method, key, 3).state.members
+
+    y = jnp.asarray(ref["y"], dtype)
+    eager = final(y)
+    assert eager.dtype == dtype
+    tol = 1e-4 if dtype == np.float32 else 1e-11
+    np.testing.assert_allclose(jax.jit(final)(y), eager, rtol=tol, atol=tol)
+    batched = jax.vmap(final)(jnp.stack([y, y + 0.1]))
+    np.testing.assert_allclose(batched[0], eager, rtol=tol, atol=tol)
+    np.testing.assert_allclose(batched[1], final(y + 0.1), rtol=tol, atol=tol)
+
+    def loss(y):
+        return jnp.sum(final(y).mean(0) ** 2)
+
+    grad = jax.grad(loss)(y)
+    assert grad.dtype == dtype
+    eps = 1e-2 if dtype == np.float32 else 1e-6
+    direction = jnp.asarray(np.random.default_rng(0).normal(size=5), dtype)
+    fd = (loss(y + eps * direction) - loss(y - eps * direction)) / (2 * eps)
+    np.testing.assert_allclose(grad @ direction, fd, rtol=3e-2 if dtype == np.float32 else 1e-6)
