@@ -158,20 +158,6 @@ def test_too_few_successes_raises_with_counts_and_reasons():
     assert int(adaptive.code) == TOO_FEW_SUCCESSES
 
 
-def test_invert_vmaps_over_data_and_jits():
-    problem, ref = linear_problem(d=3, p=5)
-    method = EKI(16, FixedStep(0.5), stochastic=False)
-    ys = jnp.stack([problem.y, problem.y + 0.5])
-
-    def run(y):
-        prob = InverseProblem(problem.forward, y, problem.obs_cov, problem.prior)
-        return invert(prob, method, jax.random.key(9), 4).state.members
-
-    batched = jax.vmap(run)(ys)
-    np.testing.assert_allclose(batched[1], run(ys[1]), rtol=1e-12)
-    np.testing.assert_allclose(jax.jit(run)(ys[0]), run(ys[0]), rtol=1e-12)
-
-
 def test_constrained_parameters_stay_in_their_bounds():
     rng = np.random.default_rng(1)
     H = jnp.asarray(rng.uniform(0.5, 1.5, size=(8, 2)))
