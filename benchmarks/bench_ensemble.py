@@ -1786,11 +1786,12 @@ def _notes(res, acc, speed_a, speed_b, scaling, sweep_sum, pr) -> str:
                        "at d=1000, J=20.")  # fmt: skip
     l100 = [r for r in scaling if r["method"] == "letkf" and r["N"] == 100 and r.get("dapper_bare_cpu")]
     if l100:
-        out.append("- LETKF with N=100: kalmax is no faster than DAPPER ("
+        ratios = [r["dapper_bare_cpu"] / r["per_cycle_cpu"] for r in l100]
+        out.append(f"- LETKF with N=100: kalmax is {min(ratios):.1f}-{max(ratios):.1f}x faster than DAPPER's bare loop ("
                    + ", ".join(f"d={r['d']:,}: {_ms(r['per_cycle_cpu'])} vs {_ms(r['dapper_bare_cpu'])}" for r in l100)
-                   + "): each local analysis eigendecomposes a 100x100 J x J matrix (~0.4 ms) although a block sees "
-                   "only ~26 observations; DAPPER's local 'Sqrt' switches to an SVD of the 100 x 26 whitened "
-                   "anomalies.")  # fmt: skip
+                   + "): a block sees only ~26 observations, so each local analysis runs in the K x K space of its "
+                   "observations (push-through identity) instead of eigendecomposing the 100 x 100 J x J matrix "
+                   "(~0.4 ms); DAPPER's local 'Sqrt' similarly switches to an SVD of the 100 x 26 whitened anomalies.")  # fmt: skip
     if sweep_sum:
         out.append(f"- Sweep: one vmapped call is {_f(sweep_sum['excl_ratio_cpu'], 1)}x (compile excl.) and "
                    f"{_f(sweep_sum['incl_ratio_cpu'], 1)}x (compile incl.) cheaper in CPU than the same runs one after "
