@@ -99,7 +99,38 @@ def _misfit(problem, space: EnsembleSpace):
     return jnp.sum(mean**2)
 
 
-class EKI(AbstractInversion):
+class AbstractEnsembleInversion(AbstractInversion):
+    """What EKI, ETKI and EKS share: J members from the prior, asked in physical space.
+
+    Subclasses declare the fields `ensemble_size` (static int >= 2) and `scheduler`.
+    """
+
+    ensemble_size: eqx.AbstractVar[int]
+    scheduler: eqx.AbstractVar[AbstractScheduler]
+
+    def __check_init__(self):
+        check_ensemble_size(self.ensemble_size)
+        _check_scheduler(self.scheduler)
+
+    def init(self, problem: InverseProblem, key, members=None) -> EnsembleInversionState:
+        """J members drawn from the prior (or the given unconstrained (J, d) `members`)."""
+        return initial_state(problem, self.ensemble_size, key, members)
+
+    def ask(self, state: EnsembleInversionState):
+        """The members in physical space, theta_j = T(u_j): (J, d)."""
+        return state.ensemble
+
+    def evaluation_points(self, state):
+        return state.members
+
+    def summary(self, state):
+        members = state.members
+        mean = members.mean(axis=0)
+        variance = jnp.sum((members - mean) ** 2, axis=0) / (members.shape[0] - 1)
+        return mean, variance, state.ensemble.mean(axis=0)
+
+
+class EKI(AbstractEnsembleInversion):
     """Ensemble Kalman inversion (stochastic or deterministic), optionally Tikhonov-regularised (TEKI).
 
     Attributes:
@@ -114,23 +145,6 @@ class EKI(AbstractInversion):
     scheduler: AbstractScheduler = FixedStep(1.0)
     stochastic: bool = eqx.field(static=True, default=True)
     tikhonov: bool = eqx.field(static=True, default=False)
-
-    def __check_init__(self):
-        check_ensemble_size(self.ensemble_size)
-        _check_scheduler(self.scheduler)
-
-    def init(self, problem: InverseProblem, key, members=None) -> EnsembleInversionState:
-        """J members drawn from the prior (or the given unconstrained (J, d) `members`)."""
-        return initial_state(problem, self.ensemble_size, key, members)
-
-    def ask(self, state: EnsembleInversionState):
-        return state.ensemble
-
-    def evaluation_points(self, state):
-        return state.members
-
-    def summary(self, state):
-        return _ensemble_summary(state)
 
     def tell(self, problem: InverseProblem, state: EnsembleInversionState, outputs, key=None, failures=None):
         """Update with the forward runs `outputs` (J, p) of the points from `ask` (rows failed as coded)."""
@@ -154,7 +168,7 @@ class EKI(AbstractInversion):
         return _finish(problem, state, space, updated, codes, step, key_resample)
 
 
-class ETKI(AbstractInversion):
+class ETKI(AbstractEnsembleInversion):
     """Ensemble transform Kalman inversion: deterministic, square-root update, cost linear in p.
 
     mean <- mean + A_u^T (S S^T + h^{-1} I)^{-1} S r_bar,  A_u <- (I + h S S^T)^{-1/2} A_u.
@@ -168,22 +182,6 @@ class ETKI(AbstractInversion):
     ensemble_size: int = eqx.field(static=True)
     scheduler: AbstractScheduler = FixedStep(1.0)
     tikhonov: bool = eqx.field(static=True, default=False)
-
-    def __check_init__(self):
-        check_ensemble_size(self.ensemble_size)
-        _check_scheduler(self.scheduler)
-
-    def init(self, problem: InverseProblem, key, members=None) -> EnsembleInversionState:
-        return initial_state(problem, self.ensemble_size, key, members)
-
-    def ask(self, state: EnsembleInversionState):
-        return state.ensemble
-
-    def evaluation_points(self, state):
-        return state.members
-
-    def summary(self, state):
-        return _ensemble_summary(state)
 
     def tell(self, problem: InverseProblem, state: EnsembleInversionState, outputs, key=None, failures=None):
         """Update with the forward runs `outputs` (J, p); the key only redraws failed members."""
@@ -221,10 +219,3 @@ def _transform_eigenvalues(lam, h):
 def _transform_minus_one_over_lambda(lam, h):
     root = jnp.sqrt(1.0 + h * jnp.maximum(lam, 0.0))
     return -h / (root * (1.0 + root))
-
-
-def _ensemble_summary(state: EnsembleInversionState):
-    members = state.members
-    mean = members.mean(axis=0)
-    variance = jnp.sum((members - mean) ** 2, axis=0) / (members.shape[0] - 1)
-    return mean, variance, state.ensemble.mean(axis=0)

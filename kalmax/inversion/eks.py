@@ -62,19 +62,13 @@ import jax
 import jax.numpy as jnp
 
 from ..linalg import cho_solve
-from .base import (
-    AbstractInversion,
-    EnsembleInversionState,
-    EnsembleSpace,
-    check_ensemble_size,
-    initial_state,
-)
-from .eki import _check_scheduler, _ensemble_summary, _finish, _tell_inputs
+from .base import EnsembleInversionState, EnsembleSpace
+from .eki import AbstractEnsembleInversion, _finish, _tell_inputs
 from .problem import InverseProblem
 from .schedulers import AbstractScheduler, EKSStableStep
 
 
-class EKS(AbstractInversion):
+class EKS(AbstractEnsembleInversion):
     """Ensemble Kalman sampler (Garbuno-Inigo, Hoffmann, Li & Stuart 2020), with the ALDI correction.
 
     The update is in this module's docstring. The state is an
@@ -98,25 +92,10 @@ class EKS(AbstractInversion):
     finite_ensemble_correction: bool = eqx.field(static=True, default=True)
 
     def __check_init__(self):
-        check_ensemble_size(self.ensemble_size)
-        _check_scheduler(self.scheduler)
         if not isinstance(self.finite_ensemble_correction, bool):
             raise TypeError(
                 f"`finite_ensemble_correction` must be a bool; got {type(self.finite_ensemble_correction).__name__}"
             )
-
-    def init(self, problem: InverseProblem, key, members=None) -> EnsembleInversionState:
-        """J members drawn from the prior (or the given unconstrained (J, d) `members`)."""
-        return initial_state(problem, self.ensemble_size, key, members)
-
-    def ask(self, state: EnsembleInversionState):
-        return state.ensemble
-
-    def evaluation_points(self, state):
-        return state.members
-
-    def summary(self, state):
-        return _ensemble_summary(state)
 
     def tell(self, problem: InverseProblem, state: EnsembleInversionState, outputs, key=None, failures=None):
         """One EKS step with the forward runs `outputs` (J, p) of the points from `ask`.

@@ -80,7 +80,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import dataclasses
 import logging
-import math
 import multiprocessing
 import pickle
 import time
@@ -100,7 +99,10 @@ from .invert import (
     InversionHistory,
     InversionResult,
     _check,
+    check_run,
+    is_adaptive,
     iterate_with_outputs,
+    start,
 )
 from .problem import MEMBER_OK, MEMBER_RAISED, InverseProblem
 
@@ -265,12 +267,7 @@ def invert_external(
             exception messages, or a non-finite ensemble.
         ValueError / TypeError: bad arguments, or a run returning a wrong shape.
     """
-    if not isinstance(problem, InverseProblem):
-        raise TypeError(f"`problem` must be a kalmax InverseProblem; got {type(problem).__name__}")
-    if not isinstance(method, AbstractInversion):
-        raise TypeError(
-            f"`method` must be a kalmax inversion method (EKI, ETKI, EKS, UKI); got {type(method).__name__}"
-        )
+    check_run(problem, method, key, n_steps, stop, max_steps)
     if not callable(forward):
         raise TypeError(f"`forward` must be callable (theta -> (p,) predicted data); got {type(forward).__name__}")
     if executor is not None and not isinstance(executor, cf.Executor):
@@ -278,34 +275,16 @@ def invert_external(
             "`executor` must be a concurrent.futures.Executor (ProcessPoolExecutor, ThreadPoolExecutor, "
             f"distributed.Client(...).get_executor()) or None; got {type(executor).__name__}"
         )
-    if stop is not None and not isinstance(stop, DiscrepancyPrinciple):
-        raise TypeError(f"`stop` must be a DiscrepancyPrinciple or None; got {type(stop).__name__}")
-    if n_steps is not None and (not isinstance(n_steps, int) or isinstance(n_steps, bool) or n_steps < 0):
-        raise ValueError(f"`n_steps` must be a non-negative int; got {n_steps!r}")
-    if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 1:
-        raise ValueError(f"`max_steps` must be a positive int; got {max_steps!r}")
     if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
         raise ValueError(f"`timeout` must be a positive number of seconds or None; got {timeout!r}")
     if callback is not None and not callable(callback):
         raise TypeError(f"`callback` must be callable (IterationReport -> None) or None; got {type(callback).__name__}")
-    final_time = getattr(getattr(method, "scheduler", None), "final_time", math.inf)
-    adaptive = stop is not None or math.isfinite(final_time)
-    if n_steps is None and not adaptive:
-        raise ValueError(
-            "give `n_steps`, a stopping rule (`stop=DiscrepancyPrinciple()`), or a scheduler with a final time "
-            "(e.g. DataMisfitController()): otherwise the run has no end"
-        )
-    if key is None and method.requires_key():
-        raise ValueError(f"{type(method).__name__} needs a `key` (initial ensemble, perturbations, redraws)")
+    adaptive = is_adaptive(method, stop)
     if executor is None or isinstance(executor, cf.ProcessPoolExecutor):
         _check_picklable(forward)
 
     # the key sequence of `invert`, so that both runs draw the same numbers
-    if init_state is None:
-        key_init, key = (None, None) if key is None else jax.random.split(key)
-        state = method.init(problem, key_init)
-    else:
-        state = init_state
+    state, key = start(problem, method, key, init_state)
     n_limit = (max_steps if n_steps is None else n_steps) if adaptive else n_steps
     keys = None if (adaptive or key is None) else jax.random.split(key, n_steps + 1)
 

@@ -263,32 +263,11 @@ def invert(
     Returns:
         `InversionResult(state, history, code, n_iterations)`.
     """
-    if not isinstance(problem, InverseProblem):
-        raise TypeError(f"`problem` must be a kalmax InverseProblem; got {type(problem).__name__}")
-    if not isinstance(method, AbstractInversion):
-        raise TypeError(f"`method` must be a kalmax inversion method (EKI, ETKI, EKS, UKI); got {type(method).__name__}")
+    check_run(problem, method, key, n_steps, stop, max_steps)
     if problem.forward is None:
         raise ValueError("`problem.forward` is None: run a forward model outside JAX with kalmax.invert_external")
-    if stop is not None and not isinstance(stop, DiscrepancyPrinciple):
-        raise TypeError(f"`stop` must be a DiscrepancyPrinciple or None; got {type(stop).__name__}")
-    if n_steps is not None and (not isinstance(n_steps, int) or isinstance(n_steps, bool) or n_steps < 0):
-        raise ValueError(f"`n_steps` must be a non-negative int; got {n_steps!r}")
-    if not isinstance(max_steps, int) or max_steps < 1:
-        raise ValueError(f"`max_steps` must be a positive int; got {max_steps!r}")
-    final_time = getattr(getattr(method, "scheduler", None), "final_time", math.inf)
-    adaptive = stop is not None or math.isfinite(final_time)
-    if n_steps is None and not adaptive:
-        raise ValueError(
-            "give `n_steps`, a stopping rule (`stop=DiscrepancyPrinciple()`), or a scheduler with a final time "
-            "(e.g. DataMisfitController()): otherwise the run has no end"
-        )
-    if key is None and method.requires_key():
-        raise ValueError(f"{type(method).__name__} needs a `key` (initial ensemble, perturbations, redraws)")
-    if init_state is None:
-        key_init, key = (None, None) if key is None else jax.random.split(key)
-        state = method.init(problem, key_init)
-    else:
-        state = init_state
+    adaptive = is_adaptive(method, stop)
+    state, key = start(problem, method, key, init_state)
 
     if adaptive:
         bound = max_steps if n_steps is None else n_steps
@@ -300,6 +279,41 @@ def invert(
     if throw:
         result = _check(result, method)
     return result
+
+
+def is_adaptive(method, stop) -> bool:
+    """Whether a run stops by a rule (discrepancy principle, finite time) rather than a step count."""
+    final_time = getattr(getattr(method, "scheduler", None), "final_time", math.inf)
+    return stop is not None or math.isfinite(final_time)
+
+
+def check_run(problem, method, key, n_steps, stop, max_steps) -> None:
+    """The argument checks shared by `invert` and `invert_external`."""
+    if not isinstance(problem, InverseProblem):
+        raise TypeError(f"`problem` must be a kalmax InverseProblem; got {type(problem).__name__}")
+    if not isinstance(method, AbstractInversion):
+        raise TypeError(f"`method` must be a kalmax inversion method (EKI, ETKI, EKS, UKI); got {type(method).__name__}")
+    if stop is not None and not isinstance(stop, DiscrepancyPrinciple):
+        raise TypeError(f"`stop` must be a DiscrepancyPrinciple or None; got {type(stop).__name__}")
+    if n_steps is not None and (not isinstance(n_steps, int) or isinstance(n_steps, bool) or n_steps < 0):
+        raise ValueError(f"`n_steps` must be a non-negative int; got {n_steps!r}")
+    if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 1:
+        raise ValueError(f"`max_steps` must be a positive int; got {max_steps!r}")
+    if n_steps is None and not is_adaptive(method, stop):
+        raise ValueError(
+            "give `n_steps`, a stopping rule (`stop=DiscrepancyPrinciple()`), or a scheduler with a final time "
+            "(e.g. DataMisfitController()): otherwise the run has no end"
+        )
+    if key is None and method.requires_key():
+        raise ValueError(f"{type(method).__name__} needs a `key` (initial ensemble, perturbations, redraws)")
+
+
+def start(problem, method, key, init_state):
+    """(initial state, key of the loop): `method.init` from the first half of `key` unless a state is given."""
+    if init_state is not None:
+        return init_state, key
+    key_init, key = (None, None) if key is None else jax.random.split(key)
+    return method.init(problem, key_init), key
 
 
 def _check(result: InversionResult, method) -> InversionResult:
