@@ -13,8 +13,11 @@ from kalmax.inversion.problem import InverseProblem, Prior
 from kalmax.inversion.schedulers import FixedStep
 
 
-def linear_problem(d=10, p=20, seed=0, dtype=np.float64, noise=0.1):
-    """y = H u + eta with a random H, a dense Gamma and a non-trivial prior; the exact posterior."""
+def linear_problem(d=10, p=20, seed=0, dtype=np.float64, noise=0.1, forward=None):
+    """y = H u + eta with a random H, a dense Gamma and a non-trivial prior; the exact posterior (float64).
+
+    `forward` replaces u -> H u in the problem (the references stay those of H).
+    """
     rng = np.random.default_rng(seed)
     H = rng.normal(size=(p, d))
     root = rng.normal(size=(p, p)) * 0.3
@@ -24,14 +27,19 @@ def linear_problem(d=10, p=20, seed=0, dtype=np.float64, noise=0.1):
     prior_cov = c @ c.T / d + 0.5 * np.eye(d)
     truth = rng.multivariate_normal(prior_mean, prior_cov)
     y = H @ truth + rng.multivariate_normal(np.zeros(p), gamma)
-    post_cov = np.linalg.inv(H.T @ np.linalg.solve(gamma, H) + np.linalg.inv(prior_cov))
+    precision = H.T @ np.linalg.solve(gamma, H)
+    post_cov = np.linalg.inv(precision + np.linalg.inv(prior_cov))
     post_mean = post_cov @ (H.T @ np.linalg.solve(gamma, y) + np.linalg.solve(prior_cov, prior_mean))
-    lsq = np.linalg.solve(H.T @ np.linalg.solve(gamma, H), H.T @ np.linalg.solve(gamma, y))
+    lsq = np.linalg.solve(precision, H.T @ np.linalg.solve(gamma, y))
     H_j = jnp.asarray(H, dtype)
+    if forward is None:
+        forward = lambda u: H_j @ u  # noqa: E731
     problem = InverseProblem(
-        lambda u: H_j @ u, y.astype(dtype), gamma.astype(dtype), Prior(prior_mean.astype(dtype), prior_cov.astype(dtype))
+        forward, y.astype(dtype), gamma.astype(dtype), Prior(prior_mean.astype(dtype), prior_cov.astype(dtype))
     )
-    return problem, dict(H=H, gamma=gamma, y=y, m0=prior_mean, C0=prior_cov, mean=post_mean, cov=post_cov, lsq=lsq)
+    ref = dict(H=H, gamma=gamma, y=y, m0=prior_mean, C0=prior_cov, mean=post_mean, cov=post_cov, lsq=lsq,
+               lsq_cov=np.linalg.inv(precision))  # fmt: skip
+    return problem, ref
 
 
 def numpy_eki_step(members, outputs, y_perturbed, gamma, h):

@@ -14,31 +14,7 @@ from kalmax.inversion.invert import DISCREPANCY, TOO_FEW_SUCCESSES, DiscrepancyP
 from kalmax.inversion.problem import MEMBER_NON_FINITE, InverseProblem, Prior
 from kalmax.inversion.uki import UKI, UKIState
 
-
-def linear_problem(d=10, p=20, seed=0, dtype=np.float64, noise=0.1, forward=None):
-    """y = H u + eta with a random H, a dense Gamma and a non-trivial prior; the exact posterior (float64)."""
-    rng = np.random.default_rng(seed)
-    H = rng.normal(size=(p, d))
-    root = rng.normal(size=(p, p)) * 0.3
-    gamma = noise * (root @ root.T / p + np.eye(p))
-    prior_mean = rng.normal(size=d) * 0.5
-    c = rng.normal(size=(d, d))
-    prior_cov = c @ c.T / d + 0.5 * np.eye(d)
-    truth = rng.multivariate_normal(prior_mean, prior_cov)
-    y = H @ truth + rng.multivariate_normal(np.zeros(p), gamma)
-    precision = H.T @ np.linalg.solve(gamma, H)
-    post_cov = np.linalg.inv(precision + np.linalg.inv(prior_cov))
-    post_mean = post_cov @ (H.T @ np.linalg.solve(gamma, y) + np.linalg.solve(prior_cov, prior_mean))
-    lsq = np.linalg.solve(precision, H.T @ np.linalg.solve(gamma, y))
-    H_j = jnp.asarray(H, dtype)
-    if forward is None:
-        forward = lambda u: H_j @ u  # noqa: E731
-    problem = InverseProblem(
-        forward, y.astype(dtype), gamma.astype(dtype), Prior(prior_mean.astype(dtype), prior_cov.astype(dtype))
-    )
-    ref = dict(H=H, gamma=gamma, y=y, m0=prior_mean, C0=prior_cov, mean=post_mean, cov=post_cov, lsq=lsq,
-               lsq_cov=np.linalg.inv(precision))  # fmt: skip
-    return problem, ref
+from .test_eki import linear_problem
 
 
 def numpy_uki_step(m, C, forward, y, gamma, m0, C0, alpha, impose_prior, update_evolution):
