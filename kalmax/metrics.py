@@ -213,8 +213,10 @@ def crps(
 
         CRPS = (1/J) sum_j |x_j - y|  -  1/(2 J (J-1)) sum_{j,k} |x_j - x_k|
 
-    The pair sum is computed in O(J log J) per component rather than O(J^2)
-    (and without a J x J array): with the members sorted, x_(1) <= ... <= x_(J),
+    Small ensembles form the pair sum directly (a (..., J, J, d) array of at
+    most `_PAIRWISE_MAX` entries: one fused pass, several times faster than a
+    sort on CPU); larger ones in O(J log J) per component and without a J x J
+    array: with the members sorted, x_(1) <= ... <= x_(J),
 
         sum_{j,k} |x_j - x_k| = 2 sum_k (2k - J - 1) x_(k).
 
@@ -253,13 +255,20 @@ def crps(
     return _crps(ensemble, truth, fair)
 
 
+_PAIRWISE_MAX = 2**20  # entries of the (..., J, J, d) pair array below which the CRPS forms it
+
+
 @jax.jit(static_argnums=2)
 def _crps(ensemble: Array, truth: Array, fair: bool) -> Array:
     n_members = ensemble.shape[-2]
     errors = ensemble - truth[..., None, :]  # (..., J, d)
     abs_term = jnp.mean(jnp.abs(errors), axis=-2)
-    weights = jnp.asarray(2 * np.arange(1, n_members + 1) - n_members - 1, dtype=ensemble.dtype)
-    half_pair_sum = jnp.sum(weights[:, None] * jnp.sort(errors, axis=-2), axis=-2)
+    if n_members * errors.size <= _PAIRWISE_MAX:
+        pair_diffs = errors[..., :, None, :] - errors[..., None, :, :]
+        half_pair_sum = 0.5 * jnp.sum(jnp.abs(pair_diffs), axis=(-3, -2))
+    else:
+        weights = jnp.asarray(2 * np.arange(1, n_members + 1) - n_members - 1, dtype=ensemble.dtype)
+        half_pair_sum = jnp.sum(weights[:, None] * jnp.sort(errors, axis=-2), axis=-2)
     denominator = n_members * (n_members - 1) if fair else n_members**2
     per_component = abs_term - half_pair_sum / denominator
     return jnp.mean(per_component, axis=-1)

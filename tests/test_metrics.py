@@ -133,6 +133,19 @@ def test_crps_matches_numpy_double_loop(dtype, fair, ens_shape, truth_shape):
     np.testing.assert_allclose(out, expected, rtol=10 * RTOL[dtype], atol=10 * ATOL[dtype])
 
 
+@pytest.mark.parametrize("fair", [False, True])
+def test_crps_pairwise_and_sorted_forms_agree(fair):
+    # small ensembles form the J x J pair sum, large ones sort: both must equal the double loop
+    J, d = 64, 3
+    ensemble, truth = data(11, (J, d), np.float64), data(12, (d,), np.float64)
+    assert J * J * d <= metrics._PAIRWISE_MAX  # the pairwise form
+    expected = np_crps(ensemble, truth, fair=fair)
+    np.testing.assert_allclose(metrics.crps(ensemble, truth, fair=fair), expected, rtol=1e-12)
+    big = np.tile(ensemble, (1, 1 + metrics._PAIRWISE_MAX // (J * J * d)))  # the same columns repeated
+    assert J * big.size > metrics._PAIRWISE_MAX  # the sorted form
+    np.testing.assert_allclose(metrics.crps(big, np.tile(truth, big.shape[1] // d), fair=fair), expected, rtol=1e-12)
+
+
 def test_crps_with_ties_matches_numpy():
     # Integer-valued members: many exact ties, which the sorted formula must handle.
     rng = np.random.default_rng(6)
