@@ -49,27 +49,33 @@ class SmootherResult(eqx.Module):
 
 @eqx.filter_jit
 def _backward(model: LinearGaussianSSM, filtered: History):
+    # Reverse scan over n = T-1, ..., 0 whose carry is the smoothed v_{n+1}: emitting the
+    # carry it receives stacks the smoothed v_1..v_T in place (no T x dx x dx concatenation),
+    # and the filtered v_n is read by index from the history (v_0 from the model).
     varying, constant = split_time_varying(model)
-    prev_mean = jnp.concatenate([model.init_mean[None], filtered.mean[:-1]], axis=0)
-    prev_cov = jnp.concatenate([model.init_cov[None], filtered.cov[:-1]], axis=0)
+    n_times = filtered.mean.shape[0]
 
     def step(carry, inputs):
         smooth_mean, smooth_cov = carry  # of v_{n+1}
-        varying_step, mean, cov, pred_mean, pred_cov = inputs
+        varying_step, pred_mean, pred_cov, n = inputs
+        previous = jnp.maximum(n - 1, 0)
+        first = n == 0
+        mean = jnp.where(first, model.init_mean, filtered.mean[previous])
+        cov = jnp.where(first, model.init_cov, filtered.cov[previous])
         dynamics = merge_time_step(varying_step, constant).dynamics
-        chol_pred = jnp.linalg.cholesky(pred_cov)
-        gain = cho_solve(chol_pred, dynamics @ cov).T
+        dynamics_cov = dynamics @ cov  # M C_n
+        gain = cho_solve(jnp.linalg.cholesky(pred_cov), dynamics_cov).T
+        update = (smooth_cov - pred_cov) @ gain.T
         new_mean = mean + gain @ (smooth_mean - pred_mean)
-        new_cov = symmetrize(cov + gain @ (smooth_cov - pred_cov) @ gain.T)
-        cross = smooth_cov @ gain.T
-        return (new_mean, new_cov), (new_mean, new_cov, cross)
+        new_cov = symmetrize(cov + gain @ update)
+        # C^s_{n+1} G^T = (C^s_{n+1} - C^-_{n+1}) G^T + M C_n, since C^-_{n+1} G^T = M C_n
+        cross = update + dynamics_cov
+        return (new_mean, new_cov), (smooth_mean, smooth_cov, cross)
 
     last = (filtered.mean[-1], filtered.cov[-1])
-    inputs = (varying, prev_mean, prev_cov, filtered.forecast_mean, filtered.forecast_cov)
-    _, (means, covs, cross) = jax.lax.scan(step, last, inputs, reverse=True)
-    smooth_mean = jnp.concatenate([means[1:], filtered.mean[-1:]], axis=0)
-    smooth_cov = jnp.concatenate([covs[1:], filtered.cov[-1:]], axis=0)
-    return smooth_mean, smooth_cov, cross, means[0], covs[0]
+    inputs = (varying, filtered.forecast_mean, filtered.forecast_cov, jnp.arange(n_times))
+    (init_mean, init_cov), (means, covs, cross) = jax.lax.scan(step, last, inputs, reverse=True)
+    return means, covs, cross, init_mean, init_cov
 
 
 def rts_smoother(
