@@ -120,6 +120,25 @@ class EnsembleSpace(eqx.Module):
             return self.gain_weights(innovations) @ self.anomalies
         return innovations @ cho_solve(self.chol_obs_gram, self.obs_anomalies.T @ self.anomalies)
 
+    def sqrt_analysis(self) -> Float[Array, "J d"]:
+        """The ETKF's analysis members x + w A + T A (w = G^{-1} S dy, T = sqrt(c) G^{-1/2}).
+
+        In ensemble space one symmetric inverse square root G^{-1/2} (one
+        eigendecomposition) gives both: w = G^{-1/2} (G^{-1/2} S dy).
+        """
+        if self.chol_gram is None:
+            mean = self.mean + self.mean_weights() @ self.anomalies
+            return mean[None, :] + self.sqrt_transform()
+        inv_sqrt = sym_inv_sqrt(self.gram())
+        weights = inv_sqrt @ (inv_sqrt @ (self.obs_anomalies @ self.innovation))
+        transform = weights[None, :] + jnp.sqrt(self.ridge) * inv_sqrt  # row j: w^T + T_j
+        return self.mean[None, :] + transform @ self.anomalies
+
+    def gram(self) -> Float[Array, "J J"]:
+        """G = S S^T + c I (ensemble space only)."""
+        size = self.obs_anomalies.shape[0]
+        return self.obs_anomalies @ self.obs_anomalies.T + self.ridge * jnp.eye(size, dtype=self.obs_anomalies.dtype)
+
     def sqrt_transform(self) -> Float[Array, "J d"]:
         """T A with the symmetric square root T = sqrt(c) G^{-1/2} (the ETKF's anomalies).
 
@@ -129,8 +148,7 @@ class EnsembleSpace(eqx.Module):
         """
         ridge = self.ridge
         if self.chol_gram is not None:
-            gram = self.chol_gram @ self.chol_gram.T
-            return jnp.sqrt(ridge) * (sym_inv_sqrt(gram) @ self.anomalies)
+            return jnp.sqrt(ridge) * (sym_inv_sqrt(self.gram()) @ self.anomalies)
         inner = self.obs_anomalies.T @ self.obs_anomalies
         correction = sym_matrix_function(_scaled_inv_sqrt_divided, inner, ridge)
         return self.anomalies + self.obs_anomalies @ (correction @ (self.obs_anomalies.T @ self.anomalies))
@@ -237,8 +255,7 @@ class SquareRoot(AbstractEnsembleAnalysis):
     """ETKF with the symmetric square root T = sqrt(J-1) G^{-1/2} (DAPPER's 'Sqrt')."""
 
     def __call__(self, space, key=None):
-        mean = space.mean + space.mean_weights() @ space.anomalies
-        return mean[None, :] + space.sqrt_transform()
+        return space.sqrt_analysis()
 
 
 class PerturbedObservations(AbstractEnsembleAnalysis):
