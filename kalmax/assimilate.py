@@ -16,6 +16,7 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from . import _checks, _status
+from ._compile import dual_jit, prefers_serial, state_size
 from .ssm import merge_time_step, n_times, split_time_varying
 
 
@@ -103,8 +104,7 @@ def check_observations(model, ys, name: str = "ys") -> jax.Array:
     return ys
 
 
-@eqx.filter_jit
-def _scan(model, method, ys, keys, save: Save, unroll: int, init_state=None):
+def _scan_body(model, method, ys, keys, save: Save, unroll: int, init_state=None):
     varying, constant = split_time_varying(model)
     if init_state is None:
         init_model = merge_time_step(jax.tree_util.tree_map(lambda x: x[0], varying), constant)
@@ -123,6 +123,15 @@ def _scan(model, method, ys, keys, save: Save, unroll: int, init_state=None):
     step_keys = None if keys is None else keys[1:]
     cycles = jnp.arange(ys.shape[0])
     return jax.lax.scan(cycle, state, (varying, ys, step_keys, cycles), unroll=unroll)
+
+
+_scan_default, _scan_serial = dual_jit(_scan_body)
+
+
+def _scan(model, method, ys, keys, save: Save, unroll: int, init_state=None):
+    """The compiled run (serially scheduled for small states on CPU: see `kalmax._compile`)."""
+    run = _scan_serial if prefers_serial(state_size(model, method)) else _scan_default
+    return run(model, method, ys, keys, save, unroll, init_state)
 
 
 def raise_on_failure(status, method_name: str) -> None:

@@ -39,6 +39,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from . import _status, metrics
+from ._compile import dual_jit, prefers_serial, state_size
 from .assimilate import assimilate
 from .experiments import simulate, state_variances
 from .sharding import device_mesh
@@ -186,8 +187,7 @@ def _simulate_seeds(model, truth_keys, n_cycles: int):
     return jax.vmap(lambda k: simulate(model, k, n_cycles))(truth_keys)
 
 
-@eqx.filter_jit
-def _sweep_vectorized(model, make_method, burn_in: int, n_settings: int, flat: dict, seed_keys, truth, ys,
+def _sweep_vectorized_body(model, make_method, burn_in: int, n_settings: int, flat: dict, seed_keys, truth, ys,
                       batch_size, run_sharding=None):
     # the index gives vmap a batched input even for an empty grid
     indexed = dict(flat, __index__=jnp.arange(n_settings))
@@ -213,9 +213,12 @@ def _sweep_vectorized(model, make_method, burn_in: int, n_settings: int, flat: d
     return runs
 
 
-@eqx.filter_jit
-def _single_run(model, make_method, burn_in: int, params: dict, seed_key, truth, ys):
+def _single_run_body(model, make_method, burn_in: int, params: dict, seed_key, truth, ys):
     return _run_one(model, make_method, burn_in, params, seed_key, truth, ys)
+
+
+_sweep_vectorized_default, _sweep_vectorized_serial = dual_jit(_sweep_vectorized_body)
+_single_run_default, _single_run_serial = dual_jit(_single_run_body)
 
 
 class SweepResult(eqx.Module):
@@ -417,6 +420,11 @@ def sweep(
                 f"`ys` must have shape {(n_seeds, n_cycles, model.obs_dim)} (seeds, T, dy); got {tuple(ys.shape)}"
             )
 
+    first_method = make_method(**{name: v[0] for name, v in flat.items()})
+
+    def serial(n_runs):  # the schedule of `kalmax._compile` for the runs batched in one program
+        return prefers_serial(state_size(model, first_method, n_runs))
+
     if vectorize:
         run_sharding, n_padded, flat_in = None, n_settings, flat
         if mesh is not None:
@@ -427,6 +435,7 @@ def sweep(
             n_padded = -(-n_settings // n_devices) * n_devices
             flat_in = {k: jnp.concatenate([v, jnp.repeat(v[-1:], n_padded - n_settings)]) for k, v in flat.items()}
             run_sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
+        _sweep_vectorized = _sweep_vectorized_serial if serial(n_settings * n_seeds) else _sweep_vectorized_default
         runs = _sweep_vectorized(
             model, make_method, burn_in, n_padded, flat_in, seed_keys, truth, ys,
             None if batch_size is None else int(batch_size), run_sharding,
@@ -434,6 +443,7 @@ def sweep(
         if n_padded != n_settings:
             runs = jax.tree_util.tree_map(lambda x: x[:n_settings], runs)
     else:
+        _single_run = _single_run_serial if serial(1) else _single_run_default
         pieces = []
         for index in range(n_settings):
             params = {name: v[index] for name, v in flat.items()}
