@@ -1,0 +1,30 @@
+"""kalmax.linalg: the random mean-preserving rotation (DAPPER's `rot=True`)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kalmax.linalg import mean_preserving_rotation
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_rotation_is_orthogonal_mean_preserving_and_has_haar_moments(dtype):
+    # Q = 11^T/n + U Q' U^T with U an orthonormal basis of 1's complement and Q' Haar on O(n-1):
+    # E[Q] = 11^T/n, and E[(Q - 11^T/n)_ij^2] = P_ii P_jj / (n-1) = (n-1)/n^2 (P = I - 11^T/n).
+    n, draws = 5, 4000
+    keys = jax.random.split(jax.random.key(0), draws)
+    rotations = np.asarray(jax.jit(jax.vmap(lambda k: mean_preserving_rotation(k, n, dtype)))(keys), np.float64)
+    assert rotations.dtype == np.float64 and jax.eval_shape(lambda: mean_preserving_rotation(keys[0], n, dtype)).dtype == dtype
+    tol = 1e-12 if dtype == jnp.float64 else 1e-5
+    eye = np.eye(n)
+    np.testing.assert_allclose(np.einsum("sij,skj->sik", rotations, rotations), np.broadcast_to(eye, rotations.shape), atol=tol)
+    np.testing.assert_allclose(rotations.sum(axis=2), 1.0, atol=tol)  # Q 1 = 1
+    centred = rotations - 1.0 / n
+    # entries have variance (n-1)/n^2 = 0.16 and |entries| <= 1: the Monte-Carlo sd of a mean over 4000
+    # draws is < 0.4 / 63 ~ 0.0063, of a mean square < 0.5 / 63 ~ 0.008; tolerances are ~5 sd
+    np.testing.assert_allclose(centred.mean(axis=0), 0.0, atol=0.035)
+    np.testing.assert_allclose((centred**2).mean(axis=0), (n - 1) / n**2, atol=0.04)
+    # Haar, not a fixed-sign family: det(Q') = +-1 equally often
+    dets = np.linalg.det(rotations)
+    assert abs(np.mean(dets > 0) - 0.5) < 0.05
