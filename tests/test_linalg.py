@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kalmax.linalg import mean_preserving_rotation
+from kalmax.linalg import mean_preserving_rotation, rotate_rows
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
@@ -28,3 +28,13 @@ def test_rotation_is_orthogonal_mean_preserving_and_has_haar_moments(dtype):
     # Haar, not a fixed-sign family: det(Q') = +-1 equally often
     dets = np.linalg.det(rotations)
     assert abs(np.mean(dets > 0) - 0.5) < 0.05
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_rotate_rows_applies_the_rotation_without_forming_it(dtype):
+    key = jax.random.key(3)
+    rows = jax.random.normal(jax.random.key(4), (7, 11), dtype)
+    expected = np.asarray(mean_preserving_rotation(key, 7, dtype), np.float64) @ np.asarray(rows, np.float64)
+    out = jax.jit(rotate_rows)(key, rows)
+    assert out.dtype == dtype
+    np.testing.assert_allclose(np.asarray(out, np.float64), expected, atol=1e-12 if dtype == jnp.float64 else 1e-5)
