@@ -117,6 +117,13 @@ def gaussian_update(
     `masked_observation_model`). Returns the posterior and a `KalmanInfo` with
     log N(v; 0, S) of the observed entries.
     """
+    posterior, info, _, _ = gaussian_update_parts(mean, cov, obs_matrix, innovation, obs_cov, mask, joseph)
+    return posterior, info
+
+
+def gaussian_update_parts(mean, cov, obs_matrix, innovation, obs_cov, mask, joseph: bool = False):
+    """`gaussian_update`, also returning the Cholesky factor L_S of S and the
+    whitened cross-covariance W = L_S^{-1} H C (so that m+ = m + W^T L_S^{-1} v)."""
     dx = mean.shape[0]
     innov_cov = symmetrize(obs_matrix @ cov @ obs_matrix.T + obs_cov)
     chol_innov = jnp.linalg.cholesky(innov_cov)
@@ -135,7 +142,7 @@ def gaussian_update(
     info = KalmanInfo(
         innovation_log_likelihood(whitened, chol_innov, n_observed), n_observed, analysis_status(chol_innov, new_mean)
     )
-    return Gaussian(new_mean, symmetrize(new_cov)), info
+    return Gaussian(new_mean, symmetrize(new_cov)), info, chol_innov, weights
 
 
 class KalmanFilter(eqx.Module):
@@ -149,6 +156,11 @@ class KalmanFilter(eqx.Module):
             C = (I - K H) C^- (I - K H)^T + K Gamma K^T, which stays positive
             semi-definite for any gain, instead of the cheaper symmetric update
             C = C^- - W^T W with W = L_S^{-1} H C^-.
+        steady_state: covariance form, time-invariant models: once the Riccati
+            recursion has converged (see `kalmax.filters.steady_state`), `assimilate`
+            reuses its covariances and gain on fully observed cycles, so that a
+            cycle costs matrix-vector products only. The outputs equal the full
+            recursion's to a few units of round-off; False runs it every cycle.
 
     The state is a `Gaussian` (or `SqrtGaussian`), the info a `KalmanInfo`.
 
@@ -159,6 +171,7 @@ class KalmanFilter(eqx.Module):
 
     square_root: bool = eqx.field(static=True, default=False)
     joseph: bool = eqx.field(static=True, default=False)
+    steady_state: bool = eqx.field(static=True, default=True)
 
     def __check_init__(self):
         if self.square_root and self.joseph:
@@ -218,6 +231,15 @@ class KalmanFilter(eqx.Module):
             innovation_log_likelihood(whitened, chol_innov, n_observed), n_observed, analysis_status(chol_innov, mean)
         )
         return SqrtGaussian(mean, lower[dy:, dy:]), info
+
+    def scan_time_invariant(self, model: LinearGaussianSSM, state, ys, save, unroll: int):
+        """`assimilate`'s scan for a time-invariant model with steady-state detection
+        (None where it does not apply: square-root form, or `steady_state=False`)."""
+        if self.square_root or not self.steady_state:
+            return None
+        from .steady_state import steady_state_scan
+
+        return steady_state_scan(self, model, state, ys, save, unroll)
 
     def assimilate_parallel(self, model: LinearGaussianSSM, ys, *, save):
         """The whole filter as an associative scan (used by `assimilate(..., parallel=True)`).

@@ -20,7 +20,7 @@ from jaxtyping import Array, Float
 
 from ..assimilate import History, Save, assimilate
 from ..linalg import cho_solve, symmetrize
-from ..ssm import LinearGaussianSSM, merge_time_step, split_time_varying
+from ..ssm import LinearGaussianSSM, merge_time_step, n_times, split_time_varying
 from .kalman import KalmanFilter
 
 
@@ -78,6 +78,13 @@ def _backward(model: LinearGaussianSSM, filtered: History):
     return means, covs, cross, init_mean, init_cov
 
 
+@eqx.filter_jit
+def _backward_time_invariant(model: LinearGaussianSSM, filtered: History):
+    from .steady_state import steady_state_backward
+
+    return steady_state_backward(model, filtered)
+
+
 def rts_smoother(
     model: LinearGaussianSSM,
     ys: Float[Array, "T dy"],
@@ -85,6 +92,7 @@ def rts_smoother(
     parallel: bool = False,
     square_root: bool = False,
     throw: bool = True,
+    steady_state: bool = True,
 ) -> SmootherResult:
     """Kalman filter forward, Rauch-Tung-Striebel smoother backward.
 
@@ -94,6 +102,9 @@ def rts_smoother(
         parallel: run both passes as associative scans (Särkkä & García-Fernández 2021).
         square_root: run the forward pass in square-root form.
         throw: raise on a numerical failure (see `assimilate`).
+        steady_state: on a time-invariant model, reuse the converged covariances
+            and gains forward (`KalmanFilter(steady_state=True)`) and backward
+            (`kalmax.filters.steady_state`); False runs both recursions every cycle.
 
     Returns:
         A `SmootherResult` with smoothed means and covariances of v_1..v_T,
@@ -109,12 +120,15 @@ def rts_smoother(
         raise ValueError("`parallel=True` runs the covariance form; use square_root=False")
     save = Save(cov=True, forecast=True)
     _, filtered = assimilate(
-        model, KalmanFilter(square_root=square_root), ys, save=save, throw=throw, parallel=parallel
+        model, KalmanFilter(square_root=square_root, steady_state=steady_state), ys, save=save, throw=throw,
+        parallel=parallel,
     )
     if parallel:
         from .parallel_kalman import parallel_smoother
 
         mean, cov, cross, init_mean, init_cov = parallel_smoother(model, filtered)
+    elif steady_state and n_times(model) is None and not square_root:
+        mean, cov, cross, init_mean, init_cov = _backward_time_invariant(model, filtered)
     else:
         mean, cov, cross, init_mean, init_cov = _backward(model, filtered)
     return SmootherResult(
