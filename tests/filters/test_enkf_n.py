@@ -335,9 +335,12 @@ def test_jit_and_vmap_over_xN_equal_the_eager_loop():
         return history.mean, history.info.inflation, history.info.log_likelihood
 
     batched = jax.jit(jax.vmap(run))(xNs)
+    # the batched and the single programs fuse (and so round) differently; the dual minimiser locates a
+    # flat minimum only to ~1e-8 of ulp-level changes of its cost (an error ~ noise / curvature), and the
+    # nonlinear run with rotations carries that on: measured 1.6e-8 relative in l1 at cycle 5
     for i, xN in enumerate(xNs):
         for got, want in zip(batched, run(float(xN))):
-            np.testing.assert_allclose(got[i], want, rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(got[i], want, rtol=1e-7, atol=1e-9)
     # more confidence in the hyper-prior (larger xN) pulls l1^2 towards its mode: less spread in l1
     spreads = np.std(np.asarray(batched[1]), axis=1)
     assert spreads[0] > spreads[-1]
