@@ -10,16 +10,16 @@ import kalmax as kx
 from kalmax.filters.steady_state import steady_state_scan
 from tests import reference as ref
 
-T = 203  # 12 chunks of 16 and a remainder of 11
+T = 211  # prime: no divisor in [8, 32], so 13 chunks of 16 and a remainder of 3 (both code paths)
 
 
-def make(missing: bool, dtype=np.float64, offsets=True, seed=4):
+def make(missing: bool, dtype=np.float64, offsets=True, seed=4, n_cycles=T):
     rng = np.random.default_rng(seed)
-    np_model, ys = ref.random_problem(rng, 4, 3, T, time_varying=False, offsets=offsets)
+    np_model, ys = ref.random_problem(rng, 4, 3, n_cycles, time_varying=False, offsets=offsets)
     if missing:
         ys[120] = np.nan  # a forecast-only cycle after convergence
         ys[150, 1] = np.nan  # a partially observed one
-        ys[T - 1, 0] = np.nan  # in the remainder
+        ys[n_cycles - 1, 0] = np.nan  # in the last chunk (the remainder when T is prime)
     return np_model, ref.to_kalmax(np_model, False, offsets, dtype), ys.astype(dtype)
 
 
@@ -36,9 +36,10 @@ class CountingFilter:
         return kx.KalmanFilter().forecast(model, state)
 
 
+@pytest.mark.parametrize("n_cycles", [T, 208], ids=["remainder", "tiled"])  # 208 = 8 chunks of 26
 @pytest.mark.parametrize("missing", [False, True])
-def test_steady_state_equals_the_full_recursion_and_numpy(missing):
-    np_model, model, ys = make(missing)
+def test_steady_state_equals_the_full_recursion_and_numpy(missing, n_cycles):
+    np_model, model, ys = make(missing, n_cycles=n_cycles)
     save = kx.Save(cov=True, forecast=True)
     _, steady = kx.assimilate(model, kx.KalmanFilter(), ys, save=save)
     _, full = kx.assimilate(model, kx.KalmanFilter(steady_state=False), ys, save=save)
@@ -54,7 +55,7 @@ def test_steady_state_equals_the_full_recursion_and_numpy(missing):
 def test_full_recursion_runs_until_convergence_and_after_missing_data_only():
     _, model, ys = make(False)
     state = kx.KalmanFilter().init(model)
-    for missing, most in ((False, 48), (True, 48 + 3 * 16 + 11)):
+    for missing, most in ((False, 48), (True, 48 + 3 * 16 + 3)):
         data = ys.copy()
         if missing:
             data[120] = np.nan
@@ -99,11 +100,12 @@ def test_gradients_and_vmap_equal_the_full_recursion():
         np.testing.assert_allclose(means[b], kx.assimilate(model, kx.KalmanFilter(), batch[b])[1].mean, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("n_cycles", [T, 208], ids=["remainder", "tiled"])
 @pytest.mark.parametrize("missing", [False, True])
-def test_smoother_backward_steady_state_equals_the_full_backward_pass_and_numpy(missing):
+def test_smoother_backward_steady_state_equals_the_full_backward_pass_and_numpy(missing, n_cycles):
     from kalmax.filters.rts import _backward
 
-    np_model, model, ys = make(missing)
+    np_model, model, ys = make(missing, n_cycles=n_cycles)
     smoothed = kx.rts_smoother(model, ys)
     full = _backward(model, smoothed.filtered)  # the backward recursion at every cycle
     for got, want in zip((smoothed.mean, smoothed.cov, smoothed.cross_cov, smoothed.init_mean, smoothed.init_cov), full):
