@@ -22,7 +22,7 @@ recursion (its gain differs) and detection starts again. This is the
 "converged" mode of statsmodels' Kalman filter (Durbin & Koopman 2012,
 Time Series Analysis by State Space Methods, sec. 4.3.4, "steady state").
 
-The switch is made per chunk of `CHUNK` cycles (a `lax.cond` between two
+The switch is made per chunk of `chunk_size(T)` cycles (a `lax.cond` between two
 `lax.scan`s over the chunk), so that the cached matrices pass through the
 switch once per chunk; a chunk is steady when the recursion had converged
 before it and none of its observations is missing. Under `vmap` the switch
@@ -62,6 +62,29 @@ def chunk_size(n_cycles: int) -> int:
         if n_cycles % size == 0:
             return size
     return min(CHUNK, n_cycles)
+
+
+def chunked_scan(chunk, carry, inputs, reverse: bool = False):
+    """`lax.scan` of `chunk(carry, inputs_of_a_chunk) -> (carry, outputs_of_the_chunk)`
+    over chunks of `chunk_size(T)` cycles of `inputs` (arrays with T leading), in time
+    order or in reverse; returns the carry and the outputs with their T axis restored.
+    When the chunks do not tile T, the remainder is a last chunk in time (the first
+    one in reverse) and its outputs are concatenated."""
+    n_cycles = jax.tree_util.tree_leaves(inputs)[0].shape[0]
+    size = chunk_size(n_cycles)
+    n_chunks, rest = divmod(n_cycles, size)
+    start = rest if reverse else 0
+    tiled = jax.tree_util.tree_map(
+        lambda x: x[start : start + n_chunks * size].reshape(n_chunks, size, *x.shape[1:]), inputs
+    )
+    carry, outputs = jax.lax.scan(chunk, carry, tiled, reverse=reverse)
+    outputs = jax.tree_util.tree_map(lambda x: x.reshape(n_chunks * size, *x.shape[2:]), outputs)
+    if rest:
+        remainder = jax.tree_util.tree_map(lambda x: x[:rest] if reverse else x[n_chunks * size :], inputs)
+        carry, extra = chunk(carry, remainder)
+        ordered = (extra, outputs) if reverse else (outputs, extra)
+        outputs = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b], axis=0), *ordered)
+    return carry, outputs
 
 
 def _initial_cache(state: Gaussian, dy: int) -> SteadyCache:
@@ -127,34 +150,20 @@ def steady_state_scan(method, model, state: Gaussian, ys, save, unroll: int):
 
         return body
 
-    def chunk(state, cache, ys_chunk, cycles):
+    def chunk(carry, inputs):
         # one switch per chunk of cycles: what the branches pass through (the cached
         # matrices) is copied once per chunk instead of once per cycle
-        steady_ok = cache.converged & jnp.all(jnp.isfinite(ys_chunk))
+        ys_chunk, _ = inputs
+        steady_ok = carry[1].converged & jnp.all(jnp.isfinite(ys_chunk))
 
         def branch(cycle_fn):
-            return lambda state, cache: jax.lax.scan(run(cycle_fn), (state, cache), (ys_chunk, cycles), unroll=unroll)
+            return lambda carry: jax.lax.scan(run(cycle_fn), carry, inputs, unroll=unroll)
 
-        return jax.lax.cond(steady_ok, branch(steady), branch(full), state, cache)
+        return jax.lax.cond(steady_ok, branch(steady), branch(full), carry)
 
-    n_cycles = ys.shape[0]
-    size = chunk_size(n_cycles)
-    n_chunks, rest = divmod(n_cycles, size)
-    cycles = jnp.arange(n_cycles)
     carry = (state, _initial_cache(state, ys.shape[1]))
-
-    def outer(carry, inputs):
-        return chunk(*carry, *inputs)
-
-    split = n_chunks * size
-    carry, history = jax.lax.scan(
-        outer, carry, (ys[:split].reshape(n_chunks, size, -1), cycles[:split].reshape(n_chunks, size))
-    )
-    history = jax.tree_util.tree_map(lambda x: x.reshape(split, *x.shape[2:]), history)
-    if rest:
-        carry, tail = chunk(*carry, ys[split:], cycles[split:])
-        history = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b], axis=0), history, tail)
-    return carry[0], history
+    (final, _), history = chunked_scan(chunk, carry, (ys, jnp.arange(ys.shape[0])))
+    return final, history
 
 
 class BackwardCache(eqx.Module):
@@ -223,30 +232,22 @@ def steady_state_backward(model, filtered):
         return body
 
     def chunk(carry, inputs):
-        state, cache = carry
-        pred_means, pred_covs, ns = inputs
+        _, cache = carry
+        _, pred_covs, ns = inputs
         _, covs = jax.vmap(filtered_at)(ns)
         steady_ok = cache.converged & jnp.all(covs == cache.cov) & jnp.all(pred_covs == cache.pred_cov)
 
         def branch(step):
-            return lambda state, cache: jax.lax.scan(run(step), (state, cache), inputs, reverse=True)
+            return lambda carry: jax.lax.scan(run(step), carry, inputs, reverse=True)
 
-        return jax.lax.cond(steady_ok, branch(steady), branch(full), state, cache)
+        return jax.lax.cond(steady_ok, branch(steady), branch(full), carry)
 
     n_cycles, dx = filtered.mean.shape
-    size = chunk_size(n_cycles)
-    n_chunks, rest = divmod(n_cycles, size)
     eye = jnp.eye(dx, dtype=dtype)
     cache = BackwardCache(jnp.asarray(False), 0 * eye, 0 * eye, 0 * eye, 0 * eye, 0 * eye)
     inputs = (filtered.forecast_mean, filtered.forecast_cov, jnp.arange(n_cycles))
-    head = jax.tree_util.tree_map(lambda x: x[:rest], inputs)
-    main = jax.tree_util.tree_map(lambda x: x[rest:].reshape(n_chunks, size, *x.shape[1:]), inputs)
     carry = ((filtered.mean[-1], filtered.cov[-1]), cache)
-    carry, outputs = jax.lax.scan(chunk, carry, main, reverse=True)
-    outputs = jax.tree_util.tree_map(lambda x: x.reshape(n_chunks * size, *x.shape[2:]), outputs)
-    if rest:
-        carry, first = chunk(carry, head)
-        outputs = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b], axis=0), first, outputs)
+    carry, outputs = chunked_scan(chunk, carry, inputs, reverse=True)
     (init_mean, init_cov), _ = carry
     means, covs, cross = outputs
     return means, covs, cross, init_mean, init_cov
