@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ..assimilate import History, Save, assimilate
+from ..assimilate import History, Save, assimilate, check_observations, check_status
 from ..linalg import cho_solve, symmetrize
 from ..ssm import LinearGaussianSSM, merge_time_step, n_times, split_time_varying
 from .kalman import KalmanFilter
@@ -78,13 +78,6 @@ def _backward(model: LinearGaussianSSM, filtered: History):
     return means, covs, cross, init_mean, init_cov
 
 
-@eqx.filter_jit
-def _backward_time_invariant(model: LinearGaussianSSM, filtered: History):
-    from .steady_state import steady_state_backward
-
-    return steady_state_backward(model, filtered)
-
-
 def rts_smoother(
     model: LinearGaussianSSM,
     ys: Float[Array, "T dy"],
@@ -118,17 +111,27 @@ def rts_smoother(
         raise TypeError(f"`model` must be a LinearGaussianSSM; got {type(model).__name__}")
     if parallel and square_root:
         raise ValueError("`parallel=True` runs the covariance form; use square_root=False")
-    save = Save(cov=True, forecast=True)
-    _, filtered = assimilate(
-        model, KalmanFilter(square_root=square_root, steady_state=steady_state), ys, save=save, throw=throw,
-        parallel=parallel,
-    )
+    method = KalmanFilter(square_root=square_root, steady_state=steady_state)
+    # the checks `assimilate` makes on concrete inputs, then both passes in one compiled program
+    method.check_model(model)
+    ys = check_observations(model, ys)
+    result = _smooth(model, method, ys, parallel)
+    if throw:
+        result = eqx.tree_at(lambda r: r.filtered, result, check_status(result.filtered, "KalmanFilter"))
+    return result
+
+
+@eqx.filter_jit
+def _smooth(model: LinearGaussianSSM, method: KalmanFilter, ys, parallel: bool) -> SmootherResult:
+    _, filtered = assimilate(model, method, ys, save=Save(cov=True, forecast=True), throw=False, parallel=parallel)
     if parallel:
         from .parallel_kalman import parallel_smoother
 
         mean, cov, cross, init_mean, init_cov = parallel_smoother(model, filtered)
-    elif steady_state and n_times(model) is None and not square_root:
-        mean, cov, cross, init_mean, init_cov = _backward_time_invariant(model, filtered)
+    elif method.steady_state and n_times(model) is None and not method.square_root:
+        from .steady_state import steady_state_backward
+
+        mean, cov, cross, init_mean, init_cov = steady_state_backward(model, filtered)
     else:
         mean, cov, cross, init_mean, init_cov = _backward(model, filtered)
     return SmootherResult(

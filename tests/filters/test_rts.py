@@ -73,3 +73,16 @@ def test_smoother_jit_vmap_grad():
 def test_smoother_rejects_other_models():
     with pytest.raises(TypeError, match="LinearGaussianSSM"):
         kx.rts_smoother(object(), np.zeros((3, 2)))
+
+
+def test_smoother_reports_a_failing_filter_cycle_and_checks_its_inputs():
+    model = kx.LinearGaussianSSM(
+        dynamics=np.eye(2), observation=np.eye(2), dynamics_cov=np.zeros((2, 2)),
+        obs_cov=np.zeros((2, 2)), init_mean=np.zeros(2), init_cov=np.zeros((2, 2)),
+    )  # fmt: skip
+    ys = np.zeros((5, 2))
+    with pytest.raises(kx.DivergenceError, match="cycle 0"):
+        kx.rts_smoother(model, ys)
+    assert kx.rts_smoother(model, ys, throw=False).filtered.info.status[0] == 1
+    with pytest.raises(ValueError, match="ys"):
+        kx.rts_smoother(model, np.zeros((5, 3)))
