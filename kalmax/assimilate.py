@@ -112,7 +112,7 @@ def _scan_body(model, method, ys, keys, save: Save, unroll: int, init_state=None
     else:
         state = init_state
     scan_time_invariant = getattr(method, "scan_time_invariant", None)
-    if scan_time_invariant is not None and not jax.tree_util.tree_leaves(varying) and keys is None:
+    if scan_time_invariant is not None and not jax.tree_util.tree_leaves(varying):
         # a method's own scan for time-invariant models (the Kalman filter's steady-state detection)
         run = scan_time_invariant(model, state, ys, save, unroll)
         if run is not None:

@@ -234,7 +234,8 @@ class KalmanFilter(eqx.Module):
 
     def scan_time_invariant(self, model: LinearGaussianSSM, state, ys, save, unroll: int):
         """`assimilate`'s scan for a time-invariant model with steady-state detection
-        (None where it does not apply: square-root form, or `steady_state=False`)."""
+        (None where it does not apply: square-root form, or `steady_state=False`).
+        The filter draws no random numbers, so a key given to `assimilate` changes nothing."""
         if self.square_root or not self.steady_state:
             return None
         from .steady_state import steady_state_scan

@@ -48,6 +48,8 @@ def test_steady_state_equals_the_full_recursion_and_numpy(missing, n_cycles):
         np.testing.assert_allclose(getattr(steady, name), getattr(full, name), rtol=1e-11, atol=1e-12)
         np.testing.assert_allclose(getattr(steady, name), expected[key], rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(steady.info.log_likelihood, full.info.log_likelihood, rtol=1e-11, atol=1e-12)
+    _, keyed = kx.assimilate(model, kx.KalmanFilter(), ys, jax.random.key(0), save=save)  # a key changes nothing
+    np.testing.assert_array_equal(keyed.mean, steady.mean)
     np.testing.assert_array_equal(steady.info.n_observed, np.isfinite(ys).sum(axis=1))
     assert not np.any(steady.info.status)
 
