@@ -211,9 +211,10 @@ class KalmanFilter(eqx.Module):
         target, obs_matrix, obs_cov, mask = masked_observation_model(
             y, model.observation, model.obs_cov, model.obs_offset
         )
-        innovation = jnp.where(mask, target - obs_matrix @ state.mean, 0.0)
         if not self.square_root:
-            return gaussian_update(state.mean, state.cov, obs_matrix, innovation, obs_cov, mask, joseph=self.joseph)
+            posterior, info, _, _ = self.covariance_analysis(model, state, y)
+            return posterior, info
+        innovation = jnp.where(mask, target - obs_matrix @ state.mean, 0.0)
         dy, dx = obs_matrix.shape
         lower = tria(
             jnp.block(
@@ -231,6 +232,15 @@ class KalmanFilter(eqx.Module):
             innovation_log_likelihood(whitened, chol_innov, n_observed), n_observed, analysis_status(chol_innov, mean)
         )
         return SqrtGaussian(mean, lower[dy:, dy:]), info
+
+    def covariance_analysis(self, model: LinearGaussianSSM, state: Gaussian, y):
+        """The covariance-form analysis, also returning L_S and W = L_S^{-1} H C^-
+        (see `gaussian_update_parts`; the steady-state scan caches them)."""
+        target, obs_matrix, obs_cov, mask = masked_observation_model(
+            y, model.observation, model.obs_cov, model.obs_offset
+        )
+        innovation = jnp.where(mask, target - obs_matrix @ state.mean, 0.0)
+        return gaussian_update_parts(state.mean, state.cov, obs_matrix, innovation, obs_cov, mask, self.joseph)
 
     def scan_time_invariant(self, model: LinearGaussianSSM, state, ys, save, unroll: int):
         """`assimilate`'s scan for a time-invariant model with steady-state detection

@@ -47,6 +47,27 @@ class SmootherResult(eqx.Module):
     log_likelihood: Float[Array, ""]
 
 
+def filtered_at(model: LinearGaussianSSM, filtered: History, n):
+    """The filtered N(m_n, C_n) of v_n: `filtered[n - 1]`, or the model's prior for n = 0."""
+    previous, first = jnp.maximum(n - 1, 0), n == 0
+    mean = jnp.where(first, model.init_mean, filtered.mean[previous])
+    cov = jnp.where(first, model.init_cov, filtered.cov[previous])
+    return mean, cov
+
+
+def backward_step(dynamics, mean, cov, pred_mean, pred_cov, smooth_mean, smooth_cov):
+    """One RTS step (module docstring) from the smoothed v_{n+1} to v_n; returns
+    (m^s_n, C^s_n, Cov(v_{n+1}, v_n | y_{1:T}), G_n)."""
+    dynamics_cov = dynamics @ cov  # M C_n
+    gain = cho_solve(jnp.linalg.cholesky(pred_cov), dynamics_cov).T
+    update = (smooth_cov - pred_cov) @ gain.T
+    new_mean = mean + gain @ (smooth_mean - pred_mean)
+    new_cov = symmetrize(cov + gain @ update)
+    # C^s_{n+1} G^T = (C^s_{n+1} - C^-_{n+1}) G^T + M C_n, since C^-_{n+1} G^T = M C_n
+    cross = update + dynamics_cov
+    return new_mean, new_cov, cross, gain
+
+
 @eqx.filter_jit
 def _backward(model: LinearGaussianSSM, filtered: History):
     # Reverse scan over n = T-1, ..., 0 whose carry is the smoothed v_{n+1}: emitting the
@@ -58,18 +79,9 @@ def _backward(model: LinearGaussianSSM, filtered: History):
     def step(carry, inputs):
         smooth_mean, smooth_cov = carry  # of v_{n+1}
         varying_step, pred_mean, pred_cov, n = inputs
-        previous = jnp.maximum(n - 1, 0)
-        first = n == 0
-        mean = jnp.where(first, model.init_mean, filtered.mean[previous])
-        cov = jnp.where(first, model.init_cov, filtered.cov[previous])
+        mean, cov = filtered_at(model, filtered, n)
         dynamics = merge_time_step(varying_step, constant).dynamics
-        dynamics_cov = dynamics @ cov  # M C_n
-        gain = cho_solve(jnp.linalg.cholesky(pred_cov), dynamics_cov).T
-        update = (smooth_cov - pred_cov) @ gain.T
-        new_mean = mean + gain @ (smooth_mean - pred_mean)
-        new_cov = symmetrize(cov + gain @ update)
-        # C^s_{n+1} G^T = (C^s_{n+1} - C^-_{n+1}) G^T + M C_n, since C^-_{n+1} G^T = M C_n
-        cross = update + dynamics_cov
+        new_mean, new_cov, cross, _ = backward_step(dynamics, mean, cov, pred_mean, pred_cov, smooth_mean, smooth_cov)
         return (new_mean, new_cov), (smooth_mean, smooth_cov, cross)
 
     last = (filtered.mean[-1], filtered.cov[-1])

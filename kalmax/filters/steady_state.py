@@ -37,8 +37,9 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
 from ..gaussian import Gaussian
-from ..linalg import cho_solve, solve_lower, symmetrize
-from .kalman import KalmanInfo, analysis_status, gaussian_update_parts, innovation_log_likelihood, masked_observation_model
+from ..linalg import solve_lower
+from . import rts
+from .kalman import KalmanInfo, analysis_status, innovation_log_likelihood
 
 CHUNK = 16  # cycles per switch between the full and the steady recursion (see `chunk_size`)
 STEADY_TOLERANCE = 64  # units of round-off (finfo(dtype).eps) in max |C^-_{n+1} - C^-_n| / max |C^-_{n+1}|
@@ -108,14 +109,8 @@ def steady_state_scan(method, model, state: Gaussian, ys, save, unroll: int):
 
     def full(state, y, cache):
         forecast = method.forecast(model, state)
-        target, obs_matrix, obs_cov, mask = masked_observation_model(
-            y, model.observation, model.obs_cov, model.obs_offset
-        )
-        innovation = jnp.where(mask, target - obs_matrix @ forecast.mean, 0.0)
-        analysis, info, chol_innov, weights = gaussian_update_parts(
-            forecast.mean, forecast.cov, obs_matrix, innovation, obs_cov, mask, method.joseph
-        )
-        observed_all = jnp.all(mask)
+        analysis, info, chol_innov, weights = method.covariance_analysis(model, forecast, y)
+        observed_all = jnp.all(jnp.isfinite(y))
         change = jnp.max(jnp.abs(forecast.cov - cache.forecast_cov))
         settled = change <= tolerance * jnp.max(jnp.abs(forecast.cov))
         new_cache = SteadyCache(
@@ -196,21 +191,15 @@ def steady_state_backward(model, filtered):
     dynamics = model.dynamics
 
     def filtered_at(n):
-        previous, first = jnp.maximum(n - 1, 0), n == 0
-        mean = jnp.where(first, model.init_mean, filtered.mean[previous])
-        cov = jnp.where(first, model.init_cov, filtered.cov[previous])
-        return mean, cov
+        return rts.filtered_at(model, filtered, n)
 
     def full(carry, cache, inputs):
         smooth_mean, smooth_cov = carry  # of v_{n+1}
         pred_mean, pred_cov, n = inputs
         mean, cov = filtered_at(n)
-        dynamics_cov = dynamics @ cov
-        gain = cho_solve(jnp.linalg.cholesky(pred_cov), dynamics_cov).T
-        update = (smooth_cov - pred_cov) @ gain.T
-        new_mean = mean + gain @ (smooth_mean - pred_mean)
-        new_cov = symmetrize(cov + gain @ update)
-        cross = update + dynamics_cov  # C^s_{n+1} G^T, as in rts._backward
+        new_mean, new_cov, cross, gain = rts.backward_step(
+            dynamics, mean, cov, pred_mean, pred_cov, smooth_mean, smooth_cov
+        )
         same_inputs = jnp.all(cov == cache.cov) & jnp.all(pred_cov == cache.pred_cov)
         settled = jnp.max(jnp.abs(new_cov - smooth_cov)) <= tolerance * jnp.max(jnp.abs(new_cov))
         new_cache = BackwardCache(same_inputs & settled, cov, pred_cov, gain, new_cov, cross)

@@ -35,6 +35,9 @@ class CountingFilter:
         jax.debug.callback(lambda: self.counter.append(1))
         return kx.KalmanFilter().forecast(model, state)
 
+    def covariance_analysis(self, model, state, y):
+        return kx.KalmanFilter().covariance_analysis(model, state, y)
+
 
 @pytest.mark.parametrize("n_cycles", [T, 208], ids=["remainder", "tiled"])  # 208 = 8 chunks of 26
 @pytest.mark.parametrize("missing", [False, True])
