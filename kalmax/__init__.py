@@ -5,7 +5,7 @@ named after what they hold.
 """
 
 from . import datasets, experiments, inversion, metrics, models, problems
-from ._status import DivergenceError
+from .results import RESULTS, DivergenceError, InversionError, KalmaxError
 from .assimilate import History, Save, assimilate, log_likelihood
 from .covariance import (
     AbstractCovariance,
@@ -52,7 +52,6 @@ from .inversion import (
     EKSStableStep,
     FixedStep,
     InverseProblem,
-    InversionError,
     InversionResult,
     Prior,
     UKI,
@@ -138,6 +137,8 @@ __all__ = [
     "ZeroCovariance",
     "as_state_space_model",
     "DivergenceError",
+    "KalmaxError",
+    "RESULTS",
     "Gaussian",
     "History",
     "KalmanFilter",

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from . import _checks, _status
+from . import _checks
+from .results import RESULTS, DivergenceError, message
 from ._compile import dual_jit, prefers_serial, state_size
 from .ssm import merge_time_step, n_times, split_time_varying
 
@@ -144,12 +145,12 @@ def raise_on_failure(status, method_name: str) -> None:
     """Raise `DivergenceError` naming the first cycle whose (concrete) status is not OK."""
     status = np.asarray(status)
     per_cycle = status.reshape(status.shape[0], -1)
-    failed = np.flatnonzero((per_cycle != _status.OK).any(axis=1))
+    failed = np.flatnonzero((per_cycle != RESULTS.SUCCESSFUL).any(axis=1))
     if failed.size:
         first = int(failed[0])
-        code = int(per_cycle[first][per_cycle[first] != _status.OK][0])
-        raise _status.DivergenceError(
-            f"{method_name}: {_status.MESSAGES.get(code, f'status {code}')} at cycle {first} "
+        code = int(per_cycle[first][per_cycle[first] != RESULTS.SUCCESSFUL][0])
+        raise DivergenceError(
+            f"{method_name}: {message(code)} at cycle {first} "
             f"(observation ys[{first}]); pass throw=False to get the run with the status codes in "
             "history.info.status instead"
         )
@@ -168,7 +169,7 @@ def check_status(history, method_name: str):
         return history
     return eqx.error_if(
         history,
-        jnp.any(status != _status.OK),
+        jnp.any(status != RESULTS.SUCCESSFUL),
         f"{method_name}: a cycle failed numerically (non-positive-definite covariance or "
         "non-finite state); run with throw=False and read history.info.status",
     )

@@ -38,7 +38,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
-from . import _status, metrics
+from . import metrics
+from .results import RESULTS
 from ._compile import dual_jit, prefers_serial, state_size
 from .assimilate import assimilate
 from .experiments import simulate, state_variances
@@ -125,7 +126,7 @@ def _run_one(model, make_method, burn_in: int, params: dict, seed_key, truth, ys
     if status is None:
         bad_cycle = ~jnp.isfinite(cycles.rmse_analysis)
     else:
-        bad_cycle = jnp.any((status != _status.OK).reshape(status.shape[0], -1), axis=1)
+        bad_cycle = jnp.any((status != RESULTS.SUCCESSFUL).reshape(status.shape[0], -1), axis=1)
         bad_cycle = bad_cycle | ~jnp.isfinite(cycles.rmse_analysis)
     failed = jnp.any(bad_cycle) | ~jnp.isfinite(stats["rmse_analysis"])
     first = jnp.where(jnp.any(bad_cycle), jnp.argmax(bad_cycle), -1).astype(jnp.int32)

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from .. import _status
+from ..results import RESULTS
 from ..covariance import DenseCovariance, DiagonalCovariance, ScalarCovariance
 from ..ensemble.inflation import AbstractInflation, as_inflation
 from ..gaussian import Ensemble
@@ -307,7 +307,7 @@ def ensemble_status(members, spread):
     scale = jnp.maximum(1.0, jnp.sqrt(jnp.mean(members.mean(axis=0) ** 2)))
     collapsed = spread <= 100 * jnp.finfo(members.dtype).eps * scale
     return jnp.where(
-        non_finite, _status.NON_FINITE, jnp.where(collapsed, _status.COLLAPSED, _status.OK)
+        non_finite, RESULTS.NON_FINITE, jnp.where(collapsed, RESULTS.COLLAPSED, RESULTS.SUCCESSFUL)
     ).astype(jnp.int32)
 
 

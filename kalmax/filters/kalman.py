@@ -31,7 +31,8 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from .. import _checks, _status
+from .. import _checks
+from ..results import RESULTS
 from ..gaussian import Gaussian, SqrtGaussian
 from ..linalg import LOG_2PI, cho_solve, logdet_from_chol, solve_lower, symmetrize, tria
 from ..ssm import LinearGaussianSSM, TimeVarying, n_times
@@ -73,7 +74,7 @@ def analysis_status(chol_innovation, mean):
     not_pd = ~jnp.all(jnp.isfinite(chol_innovation))
     non_finite = ~jnp.all(jnp.isfinite(mean))
     return jnp.where(
-        not_pd, _status.NOT_POSITIVE_DEFINITE, jnp.where(non_finite, _status.NON_FINITE, _status.OK)
+        not_pd, RESULTS.NOT_POSITIVE_DEFINITE, jnp.where(non_finite, RESULTS.NON_FINITE, RESULTS.SUCCESSFUL)
     ).astype(jnp.int32)
 
 

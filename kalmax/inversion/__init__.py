@@ -4,12 +4,6 @@ from .base import AbstractInversion, EnsembleInversionState
 from .constraints import Bounds, bounded, positive, unbounded
 from .eki import EKI, ETKI
 from .invert import (
-    COMPLETED,
-    DISCREPANCY,
-    FINAL_TIME,
-    MAX_STEPS,
-    NON_FINITE,
-    TOO_FEW_SUCCESSES,
     DiscrepancyPrinciple,
     InversionError,
     InversionHistory,
@@ -17,10 +11,6 @@ from .invert import (
     invert,
 )
 from .problem import (
-    MEMBER_CRITERION,
-    MEMBER_NON_FINITE,
-    MEMBER_OK,
-    MEMBER_RAISED,
     InverseProblem,
     Prior,
 )
@@ -31,16 +21,6 @@ from .uki import UKI, UKIState
 from .schedulers import AbstractScheduler, DataMisfitController, EKSStableStep, FixedStep, StepContext
 
 __all__ = [
-    "COMPLETED",
-    "DISCREPANCY",
-    "FINAL_TIME",
-    "MAX_STEPS",
-    "MEMBER_CRITERION",
-    "MEMBER_NON_FINITE",
-    "MEMBER_OK",
-    "MEMBER_RAISED",
-    "NON_FINITE",
-    "TOO_FEW_SUCCESSES",
     "IterationReport",
     "invert_external",
     "AbstractInversion",

@@ -22,7 +22,7 @@ be importable on its workers (or registered with
 a Dask worker never completes, so give `timeout` on a cluster.
 
 What the loop does with the runs:
-- a run that raises gets the code `MEMBER_RAISED` and a NaN row: the method
+- a run that raises gets the code `RESULTS.FORWARD_RAISED` and a NaN row: the method
   redraws that member from the successful ones; the first few exception
   messages of each iteration are logged (logger ``kalmax.inversion.external``,
   level WARNING), passed to `callback`, and quoted in the `InversionError`
@@ -47,7 +47,7 @@ member); `tell` is compiled once by `eqx.filter_jit`::
     import jax
     import numpy as np
     from kalmax.inversion.eki import EKI
-    from kalmax.inversion.problem import MEMBER_RAISED, InverseProblem, Prior
+    from kalmax import RESULTS, InverseProblem, Prior
 
     def simulator(theta):  # stands for a job: a Fortran code, a script, ...
         if theta[1] > 3.0:
@@ -69,7 +69,7 @@ member); `tell` is compiled once by `eqx.filter_jit`::
             try:
                 outputs[j] = simulator(theta)
             except RuntimeError:
-                codes[j] = MEMBER_RAISED  # redrawn from the successful members
+                codes[j] = RESULTS.FORWARD_RAISED  # redrawn from the successful members
         key, key_n = jax.random.split(key)
         state = tell(problem, state, outputs, key_n, failures=codes)
     estimate = state.ensemble.mean(axis=0)  # close to (0.6, 0.4)
@@ -93,7 +93,6 @@ import numpy as np
 from .base import AbstractInversion
 from .invert import (
     RUNNING,
-    TOO_FEW_SUCCESSES,
     DiscrepancyPrinciple,
     InversionError,
     InversionHistory,
@@ -104,7 +103,8 @@ from .invert import (
     iterate_with_outputs,
     start,
 )
-from .problem import MEMBER_OK, MEMBER_RAISED, InverseProblem
+from ..results import RESULTS
+from .problem import InverseProblem
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def _ask(method, state):
 def _update(problem, method, stop, adaptive: bool, state, outputs, raised, key, n, n_limit):
     """One iteration of `invert`'s loop (`invert._iterate`) with the outputs given instead of evaluated."""
     failures = problem.member_failures(outputs)
-    failures = jnp.where(raised != MEMBER_OK, raised, failures)
+    failures = jnp.where(raised != RESULTS.SUCCESSFUL, raised, failures)
     return iterate_with_outputs(method, problem, stop, n_limit, adaptive, state, outputs, failures, key, n)
 
 
@@ -175,12 +175,12 @@ def _run_members(executor, forward, points: np.ndarray, data_dim: int, dtype, ti
     messages = []
     for j, future in enumerate(futures):
         if future in pending:
-            raised[j] = MEMBER_RAISED
+            raised[j] = RESULTS.FORWARD_RAISED
             messages.append((j, f"{_TIMEOUT} within timeout={timeout} s"))
             continue
         err = future.exception()
         if err is not None:
-            raised[j] = MEMBER_RAISED
+            raised[j] = RESULTS.FORWARD_RAISED
             messages.append((j, f"{type(err).__name__}: {err}"))
             continue
         outputs[j] = _as_output(future.result(), j, iteration, points[j], data_dim, dtype)
@@ -255,7 +255,7 @@ def invert_external(
         throw: raise `InversionError` when too few runs succeed or the ensemble
             becomes non-finite; with False read `result.code`.
         timeout: seconds to wait for one iteration's runs; runs still going then
-            count as raised (MEMBER_RAISED). None: wait for ever.
+            count as raised (RESULTS.FORWARD_RAISED). None: wait for ever.
         callback: called as `callback(IterationReport)` after every iteration
             (progress, checkpoints); its return value is ignored.
 
@@ -308,7 +308,7 @@ def invert_external(
         try:
             result = _check(result, method)
         except InversionError as err:
-            if code == TOO_FEW_SUCCESSES and last_messages:
+            if code == RESULTS.TOO_FEW_SUCCESSES and last_messages:
                 quoted = "; ".join(f"member {j}: {m}" for j, m in last_messages)
                 raise InversionError(f"{err}. First errors of the forward runs: {quoted}") from None
             raise

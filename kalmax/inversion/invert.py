@@ -23,28 +23,11 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from .. import _checks
+from ..results import RESULTS, InversionError
 from .base import AbstractInversion
 from .problem import InverseProblem, failure_summary
 
-RUNNING = -1
-COMPLETED = 0
-DISCREPANCY = 1
-FINAL_TIME = 2
-MAX_STEPS = 3
-TOO_FEW_SUCCESSES = 4
-NON_FINITE = 5
-RESULT_MESSAGES = {
-    COMPLETED: "completed the requested number of steps",
-    DISCREPANCY: "stopped by the discrepancy principle (data misfit at the noise level)",
-    FINAL_TIME: "reached the scheduler's final time",
-    MAX_STEPS: "reached max_steps before a stopping rule fired",
-    TOO_FEW_SUCCESSES: "too few forward runs succeeded to update",
-    NON_FINITE: "the ensemble became non-finite",
-}
-
-
-class InversionError(RuntimeError):
-    """An inversion could not go on (too many failed members, or a non-finite ensemble)."""
+RUNNING = -1  # the loop goes on (not a result: a run ends with a code of `RESULTS`)
 
 
 class DiscrepancyPrinciple(eqx.Module):
@@ -100,8 +83,8 @@ class InversionResult(eqx.Module):
     Attributes:
         state: the final state (its `ensemble` is in physical space).
         history: `InversionHistory`, rows 0..n_iterations valid.
-        code: why the run ended (COMPLETED, DISCREPANCY, FINAL_TIME, MAX_STEPS,
-            TOO_FEW_SUCCESSES, NON_FINITE; `message` says it in words).
+        code: why the run ended (RESULTS.SUCCESSFUL, RESULTS.DISCREPANCY, RESULTS.FINAL_TIME, RESULTS.MAX_STEPS,
+            RESULTS.TOO_FEW_SUCCESSES, RESULTS.NON_FINITE; `message` says it in words).
         n_iterations: the number of updates made.
     """
 
@@ -112,7 +95,7 @@ class InversionResult(eqx.Module):
 
     @property
     def message(self) -> str:
-        return RESULT_MESSAGES[int(self.code)]
+        return RESULTS(int(self.code)).message
 
     @property
     def ensemble(self):
@@ -137,15 +120,15 @@ def _decide(method, problem, state, misfit, failures, n, n_limit, stop, adaptive
     mean = method.summary(state)[0]
     code = jnp.int32(RUNNING)
     if adaptive:
-        code = jnp.where(n >= n_limit, MAX_STEPS, code)
+        code = jnp.where(n >= n_limit, RESULTS.MAX_STEPS, code)
     else:
-        code = jnp.where(n >= n_limit, COMPLETED, code)
+        code = jnp.where(n >= n_limit, RESULTS.SUCCESSFUL, code)
     if math.isfinite(final_time):
-        code = jnp.where(state.time >= final_time * (1 - tol), FINAL_TIME, code)
+        code = jnp.where(state.time >= final_time * (1 - tol), RESULTS.FINAL_TIME, code)
     if stop is not None:
-        code = jnp.where(stop.reached(misfit, problem.data_dim), DISCREPANCY, code)
-    code = jnp.where(~method.enough_successes(failures), TOO_FEW_SUCCESSES, code)
-    code = jnp.where(~jnp.all(jnp.isfinite(mean)), NON_FINITE, code)
+        code = jnp.where(stop.reached(misfit, problem.data_dim), RESULTS.DISCREPANCY, code)
+    code = jnp.where(~method.enough_successes(failures), RESULTS.TOO_FEW_SUCCESSES, code)
+    code = jnp.where(~jnp.all(jnp.isfinite(mean)), RESULTS.NON_FINITE, code)
     return code.astype(jnp.int32)
 
 
@@ -321,14 +304,14 @@ def _check(result: InversionResult, method) -> InversionResult:
     code = result.code
     if _checks.is_concrete(code):
         code = int(code)
-        if code == TOO_FEW_SUCCESSES:
+        if code == RESULTS.TOO_FEW_SUCCESSES:
             n = int(result.n_iterations)
             failures = np.asarray(result.history.failures[n])
             raise InversionError(
                 f"{name}: at iteration {n}, {failure_summary(failures)}; {method.success_requirement} "
                 "(run with throw=False to inspect result.history.failures)"
             )
-        if code == NON_FINITE:
+        if code == RESULTS.NON_FINITE:
             raise InversionError(
                 f"{name}: the ensemble became non-finite at iteration {int(result.n_iterations)}; "
                 "try a smaller step (scheduler) or check the forward model"
@@ -336,7 +319,7 @@ def _check(result: InversionResult, method) -> InversionResult:
         return result
     return eqx.error_if(
         result,
-        (code == TOO_FEW_SUCCESSES) | (code == NON_FINITE),
+        (code == RESULTS.TOO_FEW_SUCCESSES) | (code == RESULTS.NON_FINITE),
         f"{name}: too few forward runs succeeded or the ensemble became non-finite; "
         "run with throw=False and read result.code and result.history.failures",
     )

@@ -16,19 +16,12 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from .. import _checks
+from ..results import RESULTS
 from ..covariance import AbstractCovariance, as_covariance
 from .constraints import Bounds, unbounded
 
-# Why a member failed (the per-member codes kept in every history).
-MEMBER_OK = 0
-MEMBER_NON_FINITE = 1  # the forward output has NaN or inf entries
-MEMBER_CRITERION = 2  # the user's `failed_if` flagged the output
-MEMBER_RAISED = 3  # the forward run raised an exception (external forward models)
-MEMBER_FAILURES = {
-    MEMBER_NON_FINITE: "non-finite output",
-    MEMBER_CRITERION: "failed the problem's `failed_if` criterion",
-    MEMBER_RAISED: "the forward run raised an exception",
-}
+# Why a member failed: the per-member codes of `RESULTS` kept in every history.
+MEMBER_FAILURES = (RESULTS.FORWARD_NON_FINITE, RESULTS.FORWARD_REJECTED, RESULTS.FORWARD_RAISED)
 
 
 class Prior(eqx.Module):
@@ -187,13 +180,13 @@ class InverseProblem(eqx.Module):
         return outputs.astype(self.dtype)
 
     def member_failures(self, outputs: Float[Array, "J p"]) -> Int[Array, " J"]:
-        """Per-member failure codes (MEMBER_OK, MEMBER_NON_FINITE, MEMBER_CRITERION)."""
+        """Per-member failure codes (RESULTS.SUCCESSFUL, RESULTS.FORWARD_NON_FINITE, RESULTS.FORWARD_REJECTED)."""
         finite = jnp.all(jnp.isfinite(outputs), axis=1)
-        codes = jnp.where(finite, MEMBER_OK, MEMBER_NON_FINITE)
+        codes = jnp.where(finite, RESULTS.SUCCESSFUL, RESULTS.FORWARD_NON_FINITE)
         if self.failed_if is not None:
             safe = jnp.where(finite[:, None], outputs, 0.0)
             flagged = jax.vmap(lambda g: jnp.asarray(self.failed_if(g), bool).reshape(()))(safe)
-            codes = jnp.where(finite & flagged, MEMBER_CRITERION, codes)
+            codes = jnp.where(finite & flagged, RESULTS.FORWARD_REJECTED, codes)
         return codes.astype(jnp.int32)
 
     def whiten(self, vectors: Float[Array, "J p"]) -> Float[Array, "J p"]:
@@ -208,10 +201,10 @@ class InverseProblem(eqx.Module):
 def failure_summary(codes) -> str:
     """'3 of 10 members failed (2 non-finite output, 1 ...)' for a (J,) code array."""
     codes = np.asarray(codes)
-    failed = codes != MEMBER_OK
-    parts = [f"{int(np.sum(codes == c))} {why}" for c, why in MEMBER_FAILURES.items() if np.any(codes == c)]
+    failed = codes != RESULTS.SUCCESSFUL
+    parts = [f"{int(np.sum(codes == c))} {c.message}" for c in MEMBER_FAILURES if np.any(codes == c)]
     return f"{int(failed.sum())} of {codes.size} members failed" + (f" ({', '.join(parts)})" if parts else "")
 
 
 def successes(codes: Int[Array, " J"]) -> Bool[Array, " J"]:
-    return codes == MEMBER_OK
+    return codes == RESULTS.SUCCESSFUL

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import kalmax as kx
-from kalmax import _status
+from kalmax.results import RESULTS
 from kalmax.filters.extended import ExtendedKalmanFilter, UnscentedKalmanFilter
 from tests import reference as ref
 
@@ -430,7 +430,7 @@ def test_indefinite_ukf_covariance_from_negative_centre_weight_is_reported():
     model = kx.StateSpaceModel(lambda v: v, lambda v: jnp.sum(v**2, keepdims=True), None, np.eye(1), np.zeros(3), np.eye(3))
     ukf = UnscentedKalmanFilter(alpha=1.0, beta=0.0, kappa=-2.5)
     _, info = ukf.analysis(model, ukf.init(model), jnp.array([3.0]))
-    assert int(info.status) == _status.NOT_POSITIVE_DEFINITE
+    assert int(info.status) == RESULTS.NOT_POSITIVE_DEFINITE
     with pytest.raises(kx.DivergenceError, match="cycle 0"):
         kx.assimilate(model, ukf, np.array([[3.0]]))
 
@@ -444,7 +444,7 @@ def test_singular_covariance_is_reported_with_the_cycle():
         with pytest.raises(kx.DivergenceError, match="cycle 0"):
             kx.assimilate(model, flt, np.zeros((4, 2)))
         _, history = kx.assimilate(model, flt, np.zeros((4, 2)), throw=False)
-        assert history.info.status[0] == _status.NOT_POSITIVE_DEFINITE
+        assert history.info.status[0] == RESULTS.NOT_POSITIVE_DEFINITE
 
 
 @pytest.mark.parametrize(

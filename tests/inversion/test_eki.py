@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from kalmax.results import RESULTS
 from kalmax.inversion.eki import EKI, ETKI
 from kalmax.inversion.invert import invert
 from kalmax.inversion.problem import InverseProblem, Prior
@@ -124,7 +125,7 @@ def test_finite_time_stochastic_eki_matches_the_posterior_mean_within_monte_carl
     method = EKI(400, FixedStep(0.25, end=1.0))
     keys = jax.random.split(jax.random.key(7), 8)
     results = jax.vmap(lambda k: invert(problem, method, k))(keys)
-    assert np.all(np.asarray(results.code) == 2) and np.all(np.asarray(results.n_iterations) == 4)
+    assert np.all(np.asarray(results.code) == RESULTS.FINAL_TIME) and np.all(np.asarray(results.n_iterations) == 4)
     np.testing.assert_allclose(results.history.time[:, 4], 1.0, rtol=1e-12)
     means = np.asarray(results.state.members.mean(axis=1))  # (seeds, d)
     # the seed-average against the posterior mean, in units of its Monte-Carlo standard error

@@ -13,11 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from kalmax.results import RESULTS
 from kalmax.covariance import DiagonalCovariance
 from kalmax.inversion.base import EnsembleInversionState
 from kalmax.inversion.eks import EKS
 from kalmax.inversion.invert import InversionError, invert
-from kalmax.inversion.problem import MEMBER_NON_FINITE, MEMBER_OK, InverseProblem, Prior
+from kalmax.inversion.problem import InverseProblem, Prior
 from kalmax.inversion.schedulers import EKSStableStep, FixedStep
 
 D, P = 10, 20
@@ -256,7 +257,7 @@ def test_failed_members_are_redrawn_and_the_rest_update_on_the_successful_member
     assert 2 < failed.sum() < J - 2
     key = jax.random.key(4)
     new = _step(eks, problem, state, key)
-    np.testing.assert_array_equal(new.failures, np.where(failed, MEMBER_NON_FINITE, MEMBER_OK))
+    np.testing.assert_array_equal(new.failures, np.where(failed, RESULTS.FORWARD_NON_FINITE, RESULTS.SUCCESSFUL))
     ok = ~failed
     z = _noise(key, J, jnp.float64)[np.ix_(ok, ok)]
     expected, _ = _numpy_eks_step(
@@ -278,7 +279,7 @@ def test_invert_records_failures_and_raises_with_fewer_than_two_successes():
     result = invert(problem, EKS(J), jax.random.key(0), 5)
     failures = np.asarray(result.history.failures)
     assert failures.shape == (6, J) and failures[0].sum() > 0
-    assert set(np.unique(failures)) <= {MEMBER_OK, MEMBER_NON_FINITE}
+    assert set(np.unique(failures)) <= {RESULTS.SUCCESSFUL, RESULTS.FORWARD_NON_FINITE}
     assert np.all(np.isfinite(np.asarray(result.state.members)))
 
     eks = EKS(5)

@@ -15,20 +15,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from kalmax.results import RESULTS
 from kalmax.inversion import external
 from kalmax.inversion.eki import EKI, ETKI
 from kalmax.inversion.external import IterationReport, invert_external
 from kalmax.inversion.invert import (
-    COMPLETED,
-    DISCREPANCY,
-    FINAL_TIME,
     RUNNING,
-    TOO_FEW_SUCCESSES,
     DiscrepancyPrinciple,
     InversionError,
     invert,
 )
-from kalmax.inversion.problem import MEMBER_NON_FINITE, MEMBER_OK, MEMBER_RAISED, InverseProblem, Prior
+from kalmax.inversion.problem import InverseProblem, Prior
 from kalmax.inversion.schedulers import DataMisfitController
 
 from . import _external_models as models
@@ -90,7 +87,7 @@ def test_process_pool_matches_invert(process_pool, fixed_reference):
     _, problem = make_problems()
     result = invert_external(problem, EKI(J), jax.random.PRNGKey(3), models.linear, 6, executor=process_pool)
     assert_same_result(fixed_reference, result)
-    assert int(result.code) == COMPLETED and result.history.mean.shape == (7, 3)
+    assert int(result.code) == RESULTS.SUCCESSFUL and result.history.mean.shape == (7, 3)
 
 
 def test_dask_cluster_matches_invert(dask_executor, fixed_reference):
@@ -118,7 +115,7 @@ def test_adaptive_runs_match_invert(method, stop):
     jax_problem, problem = make_problems()
     key = jax.random.PRNGKey(7)
     reference = invert(jax_problem, method, key, stop=stop, max_steps=30)
-    assert int(reference.code) in (DISCREPANCY, FINAL_TIME)
+    assert int(reference.code) in (RESULTS.DISCREPANCY, RESULTS.FINAL_TIME)
     with cf.ThreadPoolExecutor(2) as pool:
         result = invert_external(problem, method, key, models.linear, stop=stop, max_steps=30, executor=pool)
     assert_same_result(reference, result)
@@ -169,21 +166,21 @@ def test_raising_members_are_coded_and_redrawn(process_pool, caplog):
             problem, EKI(J), key, models.raises_above_threshold, 5, executor=process_pool, callback=reports.append
         )
     failures = np.asarray(result.history.failures)
-    expected = np.where(np.asarray(reference.history.failures) == MEMBER_NON_FINITE, MEMBER_RAISED, MEMBER_OK)
+    expected = np.where(np.asarray(reference.history.failures) == RESULTS.FORWARD_NON_FINITE, RESULTS.FORWARD_RAISED, RESULTS.SUCCESSFUL)
     np.testing.assert_array_equal(failures, expected)
-    assert np.any(failures == MEMBER_RAISED)
+    assert np.any(failures == RESULTS.FORWARD_RAISED)
     points = np.stack([r.points for r in reports])
-    np.testing.assert_array_equal(failures == MEMBER_RAISED, points[:, :, 0] > models.THRESHOLD)
+    np.testing.assert_array_equal(failures == RESULTS.FORWARD_RAISED, points[:, :, 0] > models.THRESHOLD)
     for name in ("mean", "variance", "misfit", "step_size"):
         np.testing.assert_allclose(getattr(result.history, name), getattr(reference.history, name), rtol=1e-10)
     # members that raised were redrawn: the next ensemble is finite and moved
     assert np.all(np.isfinite(np.asarray(result.state.members)))
     first_failing = int(np.argmax(failures.any(axis=1)))
     report = reports[first_failing]
-    assert report.n_raised == int((failures[first_failing] == MEMBER_RAISED).sum())
+    assert report.n_raised == int((failures[first_failing] == RESULTS.FORWARD_RAISED).sum())
     assert 1 <= len(report.errors) <= external.MAX_MESSAGES
     assert "ValueError: solver diverged: theta[0] =" in report.errors[0][1]
-    assert np.all(np.isnan(report.outputs[failures[first_failing] == MEMBER_RAISED]))
+    assert np.all(np.isnan(report.outputs[failures[first_failing] == RESULTS.FORWARD_RAISED]))
     assert any(f"iteration {first_failing}:" in r.getMessage() and "solver diverged" in r.getMessage()
                for r in caplog.records)  # fmt: skip
 
@@ -199,8 +196,8 @@ def test_all_members_raising_is_an_error_saying_how_many_and_why(process_pool):
     result = invert_external(
         problem, EKI(J), jax.random.PRNGKey(0), models.always_raises, 3, executor=process_pool, throw=False
     )
-    assert int(result.code) == TOO_FEW_SUCCESSES and int(result.n_iterations) == 0
-    np.testing.assert_array_equal(result.history.failures[0], MEMBER_RAISED)
+    assert int(result.code) == RESULTS.TOO_FEW_SUCCESSES and int(result.n_iterations) == 0
+    np.testing.assert_array_equal(result.history.failures[0], RESULTS.FORWARD_RAISED)
     np.testing.assert_array_equal(result.history.failures[1:], -1)
 
 
@@ -222,7 +219,7 @@ def test_timeout_codes_slow_members_as_raised():
         )  # fmt: skip
     slow = reports[0].points[:, 0] > models.THRESHOLD
     assert slow.any() and not slow.all()
-    np.testing.assert_array_equal(np.asarray(result.history.failures[0]) == MEMBER_RAISED, slow)
+    np.testing.assert_array_equal(np.asarray(result.history.failures[0]) == RESULTS.FORWARD_RAISED, slow)
     assert "did not finish within timeout=0.1 s" in reports[0].errors[0][1]
 
 
@@ -233,7 +230,7 @@ def test_callback_reports():
         result = invert_external(problem, EKI(J), jax.random.PRNGKey(4), models.linear, 3, executor=pool,
                                  callback=reports.append)  # fmt: skip
     assert [r.iteration for r in reports] == [0, 1, 2, 3]
-    assert [r.code for r in reports] == [RUNNING, RUNNING, RUNNING, COMPLETED]
+    assert [r.code for r in reports] == [RUNNING, RUNNING, RUNNING, RESULTS.SUCCESSFUL]
     assert all(isinstance(r, IterationReport) and r.forward_seconds > 0 and r.update_seconds > 0 for r in reports)
     np.testing.assert_allclose(reports[1].outputs, reports[1].points @ models.A.T, rtol=1e-12)
     np.testing.assert_allclose(reports[-1].state.members, result.state.members)

@@ -7,19 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from kalmax.results import RESULTS
 from kalmax.inversion.constraints import positive
 from kalmax.inversion.eki import EKI, ETKI
 from kalmax.inversion.invert import (
-    COMPLETED,
-    DISCREPANCY,
-    FINAL_TIME,
-    MAX_STEPS,
-    TOO_FEW_SUCCESSES,
     DiscrepancyPrinciple,
     InversionError,
     invert,
 )
-from kalmax.inversion.problem import MEMBER_CRITERION, MEMBER_NON_FINITE, InverseProblem, Prior
+from kalmax.inversion.problem import InverseProblem, Prior
 from kalmax.inversion.schedulers import DataMisfitController, EKSStableStep, FixedStep, StepContext
 
 from .test_eki import linear_problem
@@ -30,7 +26,7 @@ def test_history_rows_describe_each_ensemble():
     method = EKI(10, FixedStep(0.5), stochastic=False)
     key = jax.random.key(0)
     result = invert(problem, method, key, 3)
-    assert int(result.code) == COMPLETED and int(result.n_iterations) == 3
+    assert int(result.code) == RESULTS.SUCCESSFUL and int(result.n_iterations) == 3
     assert result.history.mean.shape == (4, 4) and result.history.failures.shape == (4, 10)
     # replay by hand: init from the same key split, step with the per-iteration keys
     key_init, key_loop = jax.random.split(key)
@@ -54,7 +50,7 @@ def test_discrepancy_principle_stops_at_the_first_ensemble_below_the_noise_level
     stop = DiscrepancyPrinciple(tau=1.5)
     result = invert(problem, EKI(30, FixedStep(0.05), stochastic=False), jax.random.key(1), stop=stop)
     n = int(result.n_iterations)
-    assert int(result.code) == DISCREPANCY and result.message.startswith("stopped by the discrepancy")
+    assert int(result.code) == RESULTS.DISCREPANCY and result.message.startswith("stopped by the discrepancy")
     misfit = np.asarray(result.history.misfit)
     level = (1.5**2) * 20
     assert misfit[n] <= level < misfit[n - 1]
@@ -66,7 +62,7 @@ def test_discrepancy_with_max_steps_reports_max_steps():
     problem, _ = linear_problem()
     stop = DiscrepancyPrinciple(tau=1e-3)  # never reached
     result = invert(problem, EKI(20, stochastic=False), jax.random.key(2), stop=stop, max_steps=7)
-    assert int(result.code) == MAX_STEPS and int(result.n_iterations) == 7
+    assert int(result.code) == RESULTS.MAX_STEPS and int(result.n_iterations) == 7
     assert not np.isnan(np.asarray(result.history.misfit[7]))
 
 
@@ -75,7 +71,7 @@ def test_data_misfit_controller_steps_and_final_time():
     method = EKI(100, DataMisfitController())
     result = invert(problem, method, jax.random.key(3))
     n = int(result.n_iterations)
-    assert int(result.code) == FINAL_TIME
+    assert int(result.code) == RESULTS.FINAL_TIME
     steps = np.asarray(result.history.step_size[:n])
     assert np.sum(steps) == pytest.approx(1.0, rel=1e-12) and float(result.history.time[n]) == pytest.approx(1.0)
     # the first step by the formula of Iglesias & Yang (2021), from the prior ensemble
@@ -99,7 +95,7 @@ def test_fixed_step_with_an_end_shortens_the_last_step():
     problem, _ = linear_problem(d=3, p=5)
     result = invert(problem, EKI(10, FixedStep(0.3, end=1.0)), jax.random.key(4))
     n = int(result.n_iterations)
-    assert n == 4 and int(result.code) == FINAL_TIME
+    assert n == 4 and int(result.code) == RESULTS.FINAL_TIME
     np.testing.assert_allclose(result.history.step_size[:n], [0.3, 0.3, 0.3, 0.1], rtol=1e-12)
 
 
@@ -118,7 +114,7 @@ def test_failed_members_are_recorded_and_redrawn_from_the_successful_ones():
     method = EKI(40, FixedStep(0.5))
     result = invert(problem, method, jax.random.key(5), 3)
     failures = np.asarray(result.history.failures)
-    assert np.all(np.isin(failures, [0, MEMBER_NON_FINITE]))
+    assert np.all(np.isin(failures, [0, RESULTS.FORWARD_NON_FINITE]))
     assert failures[0].sum() > 0  # the prior ensemble has members above the threshold
     assert np.all(np.isfinite(np.asarray(result.state.members)))
     # a tell where members failed: the successful ones get the EKI update of the successful sub-ensemble,
@@ -139,13 +135,13 @@ def test_failed_members_are_recorded_and_redrawn_from_the_successful_ones():
     redrawn = np.asarray(new.members)[~ok]
     centre, spread = np.asarray(expected.members).mean(0), np.asarray(expected.members).std(0)
     assert np.all(np.abs(redrawn - centre) < 6 * spread)
-    np.testing.assert_array_equal(new.failures, np.where(ok, 0, MEMBER_NON_FINITE))
+    np.testing.assert_array_equal(new.failures, np.where(ok, 0, RESULTS.FORWARD_NON_FINITE))
 
 
 def test_failed_if_criterion_is_applied():
     problem, _ = _failing_problem(threshold=np.inf, failed_if=lambda g: jnp.max(jnp.abs(g)) > 3.0)
     result = invert(problem, EKI(20), jax.random.key(7), 2, throw=False)
-    assert np.any(np.asarray(result.history.failures) == MEMBER_CRITERION)
+    assert np.any(np.asarray(result.history.failures) == RESULTS.FORWARD_REJECTED)
 
 
 def test_too_few_successes_raises_with_counts_and_reasons():
@@ -153,9 +149,9 @@ def test_too_few_successes_raises_with_counts_and_reasons():
     with pytest.raises(InversionError, match=re.escape("at iteration 0, 12 of 12 members failed (12 non-finite output)")):
         invert(problem, EKI(12), jax.random.key(8), 3)
     result = invert(problem, EKI(12), jax.random.key(8), 3, throw=False)
-    assert int(result.code) == TOO_FEW_SUCCESSES and int(result.n_iterations) == 0
+    assert int(result.code) == RESULTS.TOO_FEW_SUCCESSES and int(result.n_iterations) == 0
     adaptive = invert(problem, EKI(12), jax.random.key(8), stop=DiscrepancyPrinciple(), throw=False)
-    assert int(adaptive.code) == TOO_FEW_SUCCESSES
+    assert int(adaptive.code) == RESULTS.TOO_FEW_SUCCESSES
 
 
 def test_constrained_parameters_stay_in_their_bounds():

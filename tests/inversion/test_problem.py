@@ -7,12 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from kalmax.results import RESULTS
 from kalmax.covariance import DiagonalCovariance
 from kalmax.inversion.constraints import Bounds, bounded, positive, unbounded
 from kalmax.inversion.problem import (
-    MEMBER_CRITERION,
-    MEMBER_NON_FINITE,
-    MEMBER_OK,
     InverseProblem,
     Prior,
     failure_summary,
@@ -97,7 +95,7 @@ def test_member_failures_codes_and_summary():
     problem = _problem(failed_if=lambda g: jnp.max(jnp.abs(g)) > 100.0)
     outputs = jnp.array([[1.0] * 5, [np.nan] + [1.0] * 4, [1e3] + [1.0] * 4, [np.inf] * 5])
     codes = problem.member_failures(outputs)
-    np.testing.assert_array_equal(codes, [MEMBER_OK, MEMBER_NON_FINITE, MEMBER_CRITERION, MEMBER_NON_FINITE])
+    np.testing.assert_array_equal(codes, [RESULTS.SUCCESSFUL, RESULTS.FORWARD_NON_FINITE, RESULTS.FORWARD_REJECTED, RESULTS.FORWARD_NON_FINITE])
     assert failure_summary(codes) == "3 of 4 members failed (2 non-finite output, 1 failed the problem's `failed_if` criterion)"
 
 

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import scipy.optimize
 
+from kalmax.results import RESULTS
 from kalmax.inversion.constraints import Bounds
-from kalmax.inversion.invert import DISCREPANCY, TOO_FEW_SUCCESSES, DiscrepancyPrinciple, InversionError, invert
-from kalmax.inversion.problem import MEMBER_NON_FINITE, InverseProblem, Prior
+from kalmax.inversion.invert import DiscrepancyPrinciple, InversionError, invert
+from kalmax.inversion.problem import InverseProblem, Prior
 from kalmax.inversion.uki import UKI, UKIState
 
 from .test_eki import linear_problem
@@ -151,7 +152,7 @@ def test_without_prior_fixed_point_is_least_squares():
     np.testing.assert_allclose(result.state.cov, ref["lsq_cov"], rtol=1e-7, atol=1e-12)
     # the adaptive (while_loop) driver without a key: the discrepancy principle stops it
     stopped = invert(problem, uki, None, stop=DiscrepancyPrinciple(), max_steps=30)
-    assert int(stopped.code) == DISCREPANCY and 1 <= int(stopped.n_iterations) < 30
+    assert int(stopped.code) == RESULTS.DISCREPANCY and 1 <= int(stopped.n_iterations) < 30
     assert float(stopped.misfit) <= 1.25**2 * problem.data_dim
 
 
@@ -288,10 +289,10 @@ def test_a_failed_sigma_point_stops_invert_with_too_few_successes():
     forward = lambda u: jnp.where(u[0] > threshold, jnp.nan, 1.0) * base.forward(u)  # noqa: E731
     problem = InverseProblem(forward, base.y, base.obs_cov, base.prior)
     result = invert(problem, UKI(), None, n_steps=3, throw=False)
-    assert int(result.code) == TOO_FEW_SUCCESSES and int(result.n_iterations) == 0
+    assert int(result.code) == RESULTS.TOO_FEW_SUCCESSES and int(result.n_iterations) == 0
     np.testing.assert_allclose(result.state.mean, ref["m0"])
     failed = np.asarray(result.history.failures[0])
-    assert failed.shape == (9,) and np.any(failed == MEMBER_NON_FINITE)
+    assert failed.shape == (9,) and np.any(failed == RESULTS.FORWARD_NON_FINITE)
     with pytest.raises(InversionError, match=r"UKI: at iteration 0, 1 of 9 members failed \(1 non-finite"):
         invert(problem, UKI(), None, n_steps=3)
 
@@ -306,7 +307,7 @@ def test_tell_with_a_failure_keeps_the_state():
     new = tell(problem, state, outputs)
     for name in ("mean", "cov", "sigma_points", "time", "iteration"):
         np.testing.assert_array_equal(getattr(new, name), getattr(state, name))
-    assert int(new.failures[3]) == MEMBER_NON_FINITE and np.isnan(float(new.step_size))
+    assert int(new.failures[3]) == RESULTS.FORWARD_NON_FINITE and np.isnan(float(new.step_size))
     assert not bool(uki.enough_successes(new.failures))
     # a failure reported by the caller (e.g. a crashed external run) is refused the same way
     outputs[3, 2] = 0.0

@@ -6,8 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from kalmax.results import RESULTS
 from kalmax.inversion.eki import EKI
-from kalmax.inversion.invert import DISCREPANCY, DiscrepancyPrinciple, invert
+from kalmax.inversion.invert import DiscrepancyPrinciple, invert
 from kalmax.problems.darcy import darcy_problem
 from kalmax.problems.linear import gaussian_posterior, linear_gaussian
 from kalmax.problems.lorenz96 import lorenz96_problem
@@ -99,7 +100,7 @@ def test_darcy_problem_shapes_and_scores(darcy):
 def test_eki_on_darcy_reduces_the_error_and_stops_by_discrepancy(darcy):
     """EKI (J = 30, d = 8) from the prior: the log-permeability error 1.00 -> 0.10 -> 0.02, stopped by Morozov."""
     result = invert(darcy.problem, EKI(30), jax.random.key(1), stop=DiscrepancyPrinciple(), max_steps=20)
-    assert int(result.code) == DISCREPANCY
+    assert int(result.code) == RESULTS.DISCREPANCY
     n = int(result.n_iterations)
     errors = np.asarray(darcy.relative_error(darcy.field(result.history.mean[: n + 1])))
     print(f"Darcy EKI: {n} iterations, relative errors {errors}, misfits {result.history.misfit[: n + 1]}")
