@@ -4,9 +4,11 @@ Public names are re-exported here explicitly; implementations live in modules
 named after what they hold.
 """
 
-from . import datasets, experiments, inversion, metrics, models, problems
+from . import datasets, experiments, inversion, loops, metrics, models, problems, smoothers
 from .results import RESULTS, DivergenceError, InversionError, KalmaxError
-from .assimilate import History, Save, assimilate, log_likelihood
+from .assimilate import assimilate, log_likelihood
+from .history import History, Save
+from .loops import AbstractTimeLoop, ParallelScan, SequentialScan, SteadyStateScan
 from .covariance import (
     AbstractCovariance,
     DenseCovariance,
@@ -14,7 +16,8 @@ from .covariance import (
     ScalarCovariance,
     ZeroCovariance,
 )
-from .experiments import TwinResult, climatology_cov, simulate, twin_experiment
+from .experiments import TwinResult, climatology_cov, twin_experiment
+from .simulate import simulate
 from .ensemble.inflation import (
     AdditiveInflation,
     Inflations,
@@ -34,12 +37,13 @@ from .ensemble.localization import (
     Periodic2D,
     StepTaper,
 )
-from .filters.enkf import DEnKF, EnKF, EnsembleInfo, PerturbedObservations, SquareRoot
+from .filters.base import AbstractFilter, AbstractParallelFilter, AbstractSteadyStateFilter
+from .filters.enkf import DEnKF, EnKF, PerturbedObservations, SquareRoot
+from .filters.ensemble_base import AbstractEnsembleFilter, EnsembleInfo
 from .filters.enkf_n import EnKFN, EnKFNInfo
 from .filters.extended import ExtendedKalmanFilter, UnscentedKalmanFilter
 from .filters.kalman import KalmanFilter, KalmanInfo
 from .filters.letkf import LETKF
-from .filters.rts import SmootherResult, rts_smoother
 from .filters.var3d import ThreeDVar, ThreeDVarState
 from .gaussian import Ensemble, Gaussian, SqrtGaussian
 from .inversion import (
@@ -64,12 +68,24 @@ from .inversion import (
 from .observations import FunctionObservation, IndexObservation, LinearObservation
 from .spectral_covariance import FourierCovariance, SpectralCovariance
 from .sharding import GridSharding, MemberSharding, device_mesh
+from .smoothers import AbstractSmoother, RTSSmoother, SmootherResult, rts_smoother, smooth
 from .sweep import SweepResult, sweep
 from .ssm import LinearDynamics, LinearGaussianSSM, StateSpaceModel, TimeVarying, as_state_space_model
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AbstractEnsembleFilter",
+    "AbstractFilter",
+    "AbstractParallelFilter",
+    "AbstractSmoother",
+    "AbstractSteadyStateFilter",
+    "AbstractTimeLoop",
+    "ParallelScan",
+    "RTSSmoother",
+    "SequentialScan",
+    "SteadyStateScan",
+    "smooth",
     "EKI",
     "EKS",
     "ETKI",

@@ -21,35 +21,31 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 
+from .filters.base import AbstractFilter
+from .filters.ensemble_base import AbstractEnsembleFilter
+
 SERIAL_SCHEDULE = {"xla_cpu_enable_concurrency_optimized_scheduler": False}
 SMALL_STATE = 4096  # filter-state entries (members x state dimension, or dx (dx + 1)) up to which CPU runs are serial
 
 
-def state_size(model, method, n_runs: int = 1) -> int | None:
+def state_size(model, method: AbstractFilter, n_runs: int = 1) -> int:
     """Entries of the filter state: J d for an ensemble method, d (d + 1) for a
     Gaussian one (mean and covariance); times the runs batched together."""
-    dim = getattr(model, "state_dim", None)
-    if not isinstance(dim, int):
-        return None
-    members = getattr(method, "ensemble_size", None)
-    per_run = dim * members if isinstance(members, int) else dim * (dim + 1)
+    dim = model.state_dim
+    per_run = dim * method.ensemble_size if isinstance(method, AbstractEnsembleFilter) else dim * (dim + 1)
     return per_run * n_runs
 
 
-def _at_top_level() -> bool:
+def at_top_level() -> bool:
     """Whether no transformation is tracing (compiler options apply to top-level jits only)."""
-    try:
-        from jax._src.core import trace_state_clean
-    except ImportError:  # pragma: no cover - a future jax: keep XLA's defaults
-        return False
-    return trace_state_clean()
+    return jax.core.trace_ctx.is_top_level()
 
 
 def prefers_serial(size: int | None) -> bool:
     """Whether a run whose filter state has `size` entries is compiled serially:
     small, on the CPU, and called at the top level (inside a user's `jit`,
     `vmap` or `grad` the run is part of the user's program and its options)."""
-    return size is not None and size <= SMALL_STATE and jax.default_backend() == "cpu" and _at_top_level()
+    return size is not None and size <= SMALL_STATE and jax.default_backend() == "cpu" and at_top_level()
 
 
 def dual_jit(fun):

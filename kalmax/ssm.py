@@ -252,16 +252,6 @@ class LinearGaussianSSM(eqx.Module):
         out = self.observation @ mean
         return out if self.obs_offset is None else out + self.obs_offset
 
-    def sample(self, key, n_steps: int):
-        """Draw a trajectory and observations from the model.
-
-        Returns:
-            (states, ys): states (n_steps + 1, dx) = v_0..v_T and ys (n_steps, dy) = y_1..y_T.
-        """
-        from .experiments import simulate
-
-        return simulate(self, key, n_steps)
-
 
 class LinearDynamics(eqx.Module):
     """v -> M v (+ b): linear dynamics as a callable, for nonlinear-model methods."""

@@ -42,7 +42,8 @@ from . import metrics
 from .results import RESULTS
 from ._compile import dual_jit, prefers_serial, state_size
 from .assimilate import assimilate
-from .experiments import simulate, state_variances
+from .experiments import state_variances
+from .simulate import simulate
 from .sharding import device_mesh
 
 __all__ = ["SweepResult", "sweep"]
@@ -111,7 +112,7 @@ def _run_one(model, make_method, burn_in: int, params: dict, seed_key, truth, ys
     # twin_experiment splits its key into (truth, method) keys, and the method key
     # into one key per chunk; an unchunked run uses the first.
     _, key_method = jax.random.split(seed_key)
-    needs_key = bool(getattr(method, "stochastic", False))
+    needs_key = method.stochastic
     run_key = jax.random.split(key_method, 1)[0] if needs_key else None
     _, cycles = assimilate(model, method, ys, run_key, save=_ScoreRun(truth), throw=False)
 

@@ -1,14 +1,20 @@
-"""Filters: one file a family."""
+"""Filters: the abstract filter and its capabilities (base.py, ensemble_base.py), one file a family."""
 
-from .enkf import DEnKF, EnKF, EnsembleInfo, PerturbedObservations, SquareRoot
+from .base import AbstractFilter, AbstractParallelFilter, AbstractSteadyCycles, AbstractSteadyStateFilter
+from .enkf import DEnKF, EnKF, PerturbedObservations, SquareRoot
 from .enkf_n import EnKFN, EnKFNInfo
+from .ensemble_base import AbstractEnsembleFilter, EnsembleInfo
 from .extended import ExtendedKalmanFilter, UnscentedKalmanFilter
 from .kalman import KalmanFilter, KalmanInfo
 from .letkf import LETKF
-from .rts import SmootherResult, rts_smoother
 from .var3d import ThreeDVar, ThreeDVarState
 
 __all__ = [
+    "AbstractEnsembleFilter",
+    "AbstractFilter",
+    "AbstractParallelFilter",
+    "AbstractSteadyCycles",
+    "AbstractSteadyStateFilter",
     "DEnKF",
     "EnKF",
     "EnKFN",
@@ -19,10 +25,7 @@ __all__ = [
     "KalmanInfo",
     "LETKF",
     "PerturbedObservations",
-    "SmootherResult",
     "SquareRoot",
     "ThreeDVar",
     "ThreeDVarState",
-    "UnscentedKalmanFilter",
-    "rts_smoother",
 ]

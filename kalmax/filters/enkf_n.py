@@ -80,7 +80,8 @@ from .. import _checks
 from ..ensemble.inflation import AbstractInflation, as_inflation
 from ..gaussian import Ensemble
 from ..linalg import cho_solve, logdet_from_chol, solve_lower, sym_inv_sqrt, symmetrize
-from .enkf import AbstractEnsembleFilter, EnsembleSpace, _model, ensemble_space, finish_analysis
+from ..ensemble.algebra import EnsembleSpace, ensemble_space
+from .ensemble_base import AbstractEnsembleFilter, finish_analysis, member_model
 
 _GRID_POINTS = 64
 _MAX_LOG_RANGE = math.log(1e8)  # t = log l1^2 spans at most 8 decades above t_lo
@@ -384,7 +385,7 @@ class EnKFN(AbstractEnsembleFilter):
 
     def check_model(self, model) -> None:
         """Checks before tracing (called by `assimilate`)."""
-        model = _model(model, type(self).__name__)
+        model = member_model(model, type(self).__name__)
         self.inflation.check_size(model.state_dim)
 
     def analysis_step(self, model, forecast: Ensemble, y, key):
@@ -417,7 +418,7 @@ class EnKFN(AbstractEnsembleFilter):
 
     def analysis(self, model, state: Ensemble, y: Float[Array, " p"], key=None):
         """Assimilate y_{n+1} (NaN entries missing) into the forecast ensemble."""
-        model = _model(model, "EnKFN.analysis")
+        model = member_model(model, "EnKFN.analysis")
         if state.members.shape[0] != self.ensemble_size:
             raise ValueError(
                 f"`state` has {state.members.shape[0]} members but `ensemble_size` is {self.ensemble_size}"

@@ -61,7 +61,8 @@ from .. import _checks
 from ..gaussian import Gaussian
 from ..linalg import solve_lower, symmetrize
 from ..ssm import LinearGaussianSSM, StateSpaceModel, as_state_space_model
-from .kalman import KalmanInfo, innovation_log_likelihood, analysis_status, gaussian_update, masked_observation_model
+from .base import AbstractFilter
+from .gaussian_update import KalmanInfo, analysis_status, gaussian_update, innovation_log_likelihood, masked_observation_model
 
 __all__ = ["ExtendedKalmanFilter", "UnscentedKalmanFilter"]
 
@@ -141,7 +142,7 @@ def _init(model, who: str) -> Gaussian:
 # -- the extended Kalman filter ---------------------------------------------------------
 
 
-class ExtendedKalmanFilter(eqx.Module):
+class ExtendedKalmanFilter(AbstractFilter):
     """Extended Kalman filter: Jacobians of Psi and h by `jax.jacfwd` at the mean.
 
         forecast:  m^- = Psi(m),  F = dPsi/dv(m),  C^- = inflation * F C F^T + Sigma
@@ -237,7 +238,7 @@ class ExtendedKalmanFilter(eqx.Module):
 # -- the unscented Kalman filter --------------------------------------------------------
 
 
-class UnscentedKalmanFilter(eqx.Module):
+class UnscentedKalmanFilter(AbstractFilter):
     """Unscented Kalman filter with 2d + 1 scaled sigma points.
 
     Sigma points X_0 = m, X_{i} = m +/- sqrt(d + lambda) L_i (L L^T = C by

@@ -62,13 +62,8 @@ from ..ensemble.inflation import AbstractInflation, as_inflation
 from ..ensemble.localization import AbstractGeometry, LocalPlan, Localization
 from ..gaussian import Ensemble
 from ..linalg import cho_solve, sym_inv_sqrt, sym_matrix_function
-from .enkf import (
-    AbstractEnsembleFilter,
-    EnsembleSpace,
-    _model,
-    ensemble_space,
-    finish_analysis,
-)
+from ..ensemble.algebra import EnsembleSpace, ensemble_space
+from .ensemble_base import AbstractEnsembleFilter, finish_analysis, member_model
 
 # Working-set target of one batch of local analyses, in array elements (about
 # 32 MiB in float64): the automatic `batch_size` keeps each batch below it.
@@ -245,7 +240,7 @@ class LETKF(AbstractEnsembleFilter):
     def check_model(self, model) -> None:
         """Checks before tracing (called by `assimilate`): geometry size, observation
         locations, blocks, a diagonal `obs_cov`, per-variable inflation size."""
-        model = _model(model, type(self).__name__)
+        model = member_model(model, type(self).__name__)
         self.inflation.check_size(model.state_dim)
         self.localization.plan(model)
         _check_obs_cov(model.obs_cov)
@@ -270,7 +265,7 @@ class LETKF(AbstractEnsembleFilter):
 
     def analysis(self, model, state: Ensemble, y: Float[Array, " p"], key=None):
         """Assimilate y_{n+1} (NaN entries missing) into the forecast ensemble."""
-        model = _model(model, "LETKF.analysis")
+        model = member_model(model, "LETKF.analysis")
         if state.members.shape[0] != self.ensemble_size:
             raise ValueError(
                 f"`state` has {state.members.shape[0]} members but `ensemble_size` is {self.ensemble_size}"

@@ -63,11 +63,10 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ..assimilate import History, Save
 from ..gaussian import Gaussian
 from ..linalg import cho_solve, solve_lower, symmetrize
 from ..ssm import LinearGaussianSSM, merge_time_step, split_time_varying
-from .kalman import KalmanInfo, innovation_log_likelihood, analysis_status, masked_observation_model
+from .gaussian_update import KalmanInfo, analysis_status, innovation_log_likelihood, masked_observation_model
 
 
 class FilterElement(eqx.Module):
@@ -179,10 +178,7 @@ def _step_info(step: LinearGaussianSSM, pred_mean, pred_cov, y, mean) -> KalmanI
     return KalmanInfo(log_likelihood, n_observed, analysis_status(chol, mean))
 
 
-@eqx.filter_jit
-def parallel_filter(
-    model: LinearGaussianSSM, ys: Float[Array, "T dy"], save: Save
-) -> tuple[Gaussian, History]:
+def parallel_filter(model: LinearGaussianSSM, ys: Float[Array, "T dy"]) -> tuple[Gaussian, Gaussian, KalmanInfo]:
     """The Kalman filter as one associative scan (Särkkä & García-Fernández 2021).
 
     Builds the T elements (module docstring) in one `vmap`, scans them with
@@ -193,12 +189,12 @@ def parallel_filter(
     Args:
         model: a `LinearGaussianSSM`; `TimeVarying` fields are sliced per cycle.
         ys: (T, dy) observations y_1..y_T; NaN entries are missing.
-        save: what to keep (as in `assimilate`).
 
     Returns:
-        (final_state, history) as the sequential `assimilate(model, KalmanFilter(), ys,
-        save=save)`: the `Gaussian` after y_T and a `History` whose `info` is a
-        `KalmanInfo` with (T,) fields.
+        (forecasts, analyses, info): `Gaussian`s with (T, dx) means and (T, dx, dx)
+        covariances of every forecast and analysis, and the `KalmanInfo` with (T,)
+        fields, as the sequential `KalmanFilter` gives them (`kx.ParallelScan`
+        saves them as `assimilate` does).
     """
     varying, constant = split_time_varying(model)
     n_steps = ys.shape[0]
@@ -223,21 +219,19 @@ def parallel_filter(
         return pred_mean, pred_cov, _step_info(step, pred_mean, pred_cov, y, mean)
 
     pred_means, pred_covs, info = jax.vmap(forecast_and_info)(varying, prev_means, prev_covs, ys, means)
-    history = save(Gaussian(pred_means, pred_covs), Gaussian(means, covs), info)
-    return Gaussian(means[-1], covs[-1]), history
+    return Gaussian(pred_means, pred_covs), Gaussian(means, covs), info
 
 
-@eqx.filter_jit
-def parallel_smoother(model: LinearGaussianSSM, filtered: History):
+def parallel_smoother(model: LinearGaussianSSM, filtered):
     """The RTS smoother as one reverse associative scan (Särkkä & García-Fernández 2021).
 
     Args:
         model: the `LinearGaussianSSM` the filter ran on.
-        filtered: the filter's `History` with `mean`, `cov`, `forecast_mean` and
-            `forecast_cov` (as `Save(cov=True, forecast=True)` keeps).
+        filtered: the filter's history with `mean`, `cov`, `forecast_mean` and
+            `forecast_cov` (as `kx.Save(cov=True, forecast=True)` keeps).
 
     Returns:
-        (mean, cov, cross_cov, init_mean, init_cov) as `rts._backward`: smoothed
+        (mean, cov, cross_cov, init_mean, init_cov) as `kalmax.smoothers.rts.backward_pass`: smoothed
         means (T, dx) and covariances (T, dx, dx) of v_1..v_T; `cross_cov[n]` =
         Cov(v_{n+1}, v_n | y_{1:T}) = P^s_{n+1} E_n^T (T, dx, dx); and the smoothed
         v_0, (dx,) and (dx, dx).

@@ -53,7 +53,8 @@ from ..covariance import AbstractCovariance, DenseCovariance
 from ..linalg import solve_lower, symmetrize
 from ..observations import IndexObservation, LinearObservation
 from ..ssm import LinearGaussianSSM, StateSpaceModel, as_state_space_model
-from .kalman import KalmanInfo, innovation_log_likelihood, analysis_status
+from .base import AbstractFilter
+from .gaussian_update import KalmanInfo, analysis_status, innovation_log_likelihood
 
 
 class ThreeDVarState(eqx.Module):
@@ -112,7 +113,7 @@ def _one_hot_columns(indices, dim: int, dtype):
     return (jnp.arange(dim)[:, None] == jnp.asarray(indices)[None, :]).astype(dtype)
 
 
-class ThreeDVar(eqx.Module):
+class ThreeDVar(AbstractFilter):
     """3DVAR with a fixed background covariance B (see the module docstring).
 
         forecast:  v_hat = Psi(v)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import kalmax as kx
-from kalmax.filters.enkf import ensemble_space
+from kalmax.ensemble.algebra import ensemble_space
 from tests import reference as ref
 
 

@@ -12,7 +12,7 @@ import pytest
 import scipy.optimize
 
 import kalmax as kx
-from kalmax.filters.enkf import ensemble_space
+from kalmax.ensemble.algebra import ensemble_space
 from kalmax.filters.enkf_n import EnKFN, EnKFNInfo, adaptive_inflation, dual_problem
 from kalmax.presets import lorenz96_sakov2008
 from tests import reference as ref

@@ -425,7 +425,7 @@ def test_navier_stokes_example_runs_small(tmp_path, capsys):
 @pytest.mark.parametrize("size", [8, 30])
 def test_observation_space_and_ensemble_space_local_algebra_agree(size):
     """K < J uses the K x K form (push-through identity); both forms give the same members."""
-    from kalmax.filters.enkf import ensemble_space
+    from kalmax.ensemble.algebra import ensemble_space
     from kalmax.filters.letkf import local_analyses
 
     model = l96_model(kx.IndexObservation.every(2, 40), obs_std=0.7)

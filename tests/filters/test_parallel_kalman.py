@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 import kalmax as kx
-from kalmax.filters.parallel_kalman import parallel_filter, parallel_smoother
-from kalmax.filters.rts import _backward
+from kalmax.filters.parallel_kalman import parallel_smoother
+from kalmax.smoothers.rts import backward_pass
 
 DX, DY, T = 3, 2, 12
 FULL = kx.Save(cov=True, forecast=True, state=True)
@@ -54,7 +54,7 @@ def make(seed=0, time_varying=False, offsets=False, missing=None):
         dynamics_offset=per_cycle(lambda: rng.normal(size=DX)) if offsets else None,
         obs_offset=per_cycle(lambda: rng.normal(size=DY)) if offsets else None,
     )
-    _, ys = model.sample(jax.random.key(seed), T)
+    _, ys = kx.simulate(model, jax.random.key(seed), T)
     ys = np.array(ys)
     if missing in ("partial", "mixed"):
         ys[2, 0] = np.nan
@@ -134,10 +134,10 @@ def test_fully_missing_row_is_a_forecast_only_step():
 
 
 def test_smoother_directly_matches_backward_pass():
-    """`parallel_smoother` on a given filter history equals `rts._backward` on it."""
+    """`parallel_smoother` on a given filter history equals `backward_pass` on it."""
     model, ys = make(**GENERAL, missing="partial")
-    _, filtered = parallel_filter(model, ys, kx.Save(cov=True, forecast=True))
-    assert_trees_close(parallel_smoother(model, filtered), _backward(model, filtered), rtol=1e-8)
+    _, filtered = kx.assimilate(model, kx.KalmanFilter(), ys, save=kx.Save(cov=True, forecast=True), parallel=True)
+    assert_trees_close(parallel_smoother(model, filtered), backward_pass(model, filtered), rtol=1e-8)
 
 
 def test_single_cycle():

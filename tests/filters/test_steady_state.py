@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 import kalmax as kx
-from kalmax.filters.steady_state import steady_state_scan
 from tests import reference as ref
 
 T = 211  # prime: no divisor in [8, 32], so 13 chunks of 16 and a remainder of 3 (both code paths)
@@ -24,19 +23,24 @@ def make(missing: bool, dtype=np.float64, offsets=True, seed=4, n_cycles=T):
 
 
 class CountingFilter:
-    """Delegates to KalmanFilter, counting (at run time) the cycles of the full recursion."""
-
-    joseph = False
+    """Delegates to the Kalman filter's steady-state cycles, counting (at run time) the
+    cycles of the full recursion."""
 
     def __init__(self, counter: list):
         self.counter = counter
 
-    def forecast(self, model, state):
-        jax.debug.callback(lambda: self.counter.append(1))
-        return kx.KalmanFilter().forecast(model, state)
+    def steady_cycles(self, model):
+        cycles = kx.KalmanFilter().steady_cycles(model)
+        counter = self.counter
 
-    def covariance_analysis(self, model, state, y):
-        return kx.KalmanFilter().covariance_analysis(model, state, y)
+        class Counting:
+            initial_cache, converged, steady = cycles.initial_cache, cycles.converged, cycles.steady
+
+            def full(self, state, y, cache):
+                jax.debug.callback(lambda: counter.append(1))
+                return cycles.full(state, y, cache)
+
+        return Counting()
 
 
 @pytest.mark.parametrize("n_cycles", [T, 208], ids=["remainder", "tiled"])  # 208 = 8 chunks of 26
@@ -66,7 +70,8 @@ def test_full_recursion_runs_until_convergence_and_after_missing_data_only():
             data[120] = np.nan
             data[T - 1, 0] = np.nan
         counter = []
-        run = jax.jit(lambda y: steady_state_scan(CountingFilter(counter), model, state, y, kx.Save(), 1)[0].mean)
+        loop = kx.SteadyStateScan()
+        run = jax.jit(lambda y: loop.run(model, CountingFilter(counter), state, y, None, kx.Save(), 1)[0].mean)
         jax.block_until_ready(run(jnp.asarray(data)))
         # this model converges within 2 chunks of 16 cycles; a missing entry costs its chunk, the next
         # one (detection restarts) and, at most, one more; the remainder's missing entry costs the remainder
@@ -108,11 +113,11 @@ def test_gradients_and_vmap_equal_the_full_recursion():
 @pytest.mark.parametrize("n_cycles", [T, 208], ids=["remainder", "tiled"])
 @pytest.mark.parametrize("missing", [False, True])
 def test_smoother_backward_steady_state_equals_the_full_backward_pass_and_numpy(missing, n_cycles):
-    from kalmax.filters.rts import _backward
+    from kalmax.smoothers.rts import backward_pass
 
     np_model, model, ys = make(missing, n_cycles=n_cycles)
     smoothed = kx.rts_smoother(model, ys)
-    full = _backward(model, smoothed.filtered)  # the backward recursion at every cycle
+    full = backward_pass(model, smoothed.filtered)  # the backward recursion at every cycle
     for got, want in zip((smoothed.mean, smoothed.cov, smoothed.cross_cov, smoothed.init_mean, smoothed.init_cov), full):
         np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-12)
     means, covs, cross = ref.rts_smoother(np_model, ref.kalman_filter(np_model, ys))  # v_0..v_T
