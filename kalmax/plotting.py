@@ -12,6 +12,8 @@ import math
 
 import numpy as np
 
+from .observations import IndexObservation, LinearObservation
+
 
 def _pyplot():
     import matplotlib
@@ -84,7 +86,6 @@ def plot_twin(
 
 def _observed_components(observation, dx: int) -> dict[int, int]:
     """Map state component -> observation column for operators that observe components."""
-    from .observations import IndexObservation, LinearObservation
 
     if isinstance(observation, IndexObservation):
         return {component: column for column, component in enumerate(observation.indices)}

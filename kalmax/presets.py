@@ -27,6 +27,8 @@ import jax.numpy as jnp
 from .covariance import ScalarCovariance
 from .observations import IndexObservation
 from .ssm import StateSpaceModel
+from .models import RK4, Flow, IntegratingFactorRK4, Lorenz63, Lorenz96, NavierStokes2D
+from .spectral_covariance import FourierCovariance
 
 
 class TwinSetup(eqx.Module):
@@ -55,7 +57,6 @@ def _dtype():
 
 def lorenz63_sakov2012(n_cycles: int = 1000) -> TwinSetup:
     """Lorenz-63 set-up of Sakov, Oliver & Bertino (2012), as in DAPPER."""
-    from .models import RK4, Flow, Lorenz63
 
     dtype, dt, steps = _dtype(), 0.01, 25
     model = StateSpaceModel(
@@ -80,7 +81,6 @@ def lorenz63_sakov2012(n_cycles: int = 1000) -> TwinSetup:
 
 def lorenz96_sakov2008(n_cycles: int = 1000, dim: int = 40) -> TwinSetup:
     """Lorenz-96 set-up of Sakov & Oke (2008), as in DAPPER (any `dim`)."""
-    from .models import RK4, Flow, Lorenz96
 
     dtype, dt = _dtype(), 0.05
     model = StateSpaceModel(
@@ -119,8 +119,6 @@ def navier_stokes_law_stuart(
     from the truth, so that synchronisation of the estimate with the truth can
     be seen.
     """
-    from .models import Flow, IntegratingFactorRK4, NavierStokes2D
-    from .spectral_covariance import FourierCovariance
 
     dtype = _dtype()
     n = int(grid_size)

@@ -20,6 +20,8 @@ import jax
 from jaxtyping import Array, Float
 
 from . import _checks
+from .covariance import as_covariance
+from .observations import LinearObservation, as_observation
 
 
 class TimeVarying(eqx.Module):
@@ -304,8 +306,6 @@ class StateSpaceModel(eqx.Module):
     init_cov: Any
 
     def __init__(self, dynamics, observation, dynamics_cov, obs_cov, init_mean, init_cov):
-        from .covariance import as_covariance
-        from .observations import LinearObservation, as_observation
 
         self.init_mean = _checks.as_float_array("init_mean", init_mean)
         _checks.check_ndim("init_mean", self.init_mean, 1, "a vector (dx,)")
@@ -365,7 +365,6 @@ def as_state_space_model(model) -> StateSpaceModel:
         raise TypeError(f"`model` must be a StateSpaceModel or LinearGaussianSSM; got {type(model).__name__}")
     if model.n_times is not None:
         raise ValueError("a time-varying LinearGaussianSSM cannot be viewed as a StateSpaceModel; use model.at(n)")
-    from .observations import LinearObservation
 
     return StateSpaceModel(
         dynamics=LinearDynamics(model.dynamics, model.dynamics_offset),

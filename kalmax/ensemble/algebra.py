@@ -66,9 +66,9 @@ class EnsembleSpace(eqx.Module):
 
     def gain_increments(self, innovations: Float[Array, "J p"]) -> Float[Array, "J d"]:
         """Rows (G^{-1} S d_j)^T A = K d_j for whitened innovations d_j, one per member."""
-        if self.chol_gram is not None:
-            return self.gain_weights(innovations) @ self.anomalies
-        return innovations @ cho_solve(self.chol_obs_gram, self.obs_anomalies.T @ self.anomalies)
+        observation_space = self.chol_gram is None
+        chol = self.chol_obs_gram if observation_space else self.chol_gram
+        return gain_increments(chol, self.obs_anomalies, innovations, self.anomalies, observation_space)
 
     def sqrt_analysis(self) -> Float[Array, "J d"]:
         """The ETKF's analysis members x + w A + T A (w = G^{-1} S dy, T = sqrt(c) G^{-1/2}).
@@ -99,9 +99,8 @@ class EnsembleSpace(eqx.Module):
         ridge = self.ridge
         if self.chol_gram is not None:
             return jnp.sqrt(ridge) * (sym_inv_sqrt(self.gram()) @ self.anomalies)
-        inner = self.obs_anomalies.T @ self.obs_anomalies
-        correction = sym_matrix_function(_scaled_inv_sqrt_divided, inner, ridge)
-        return self.anomalies + self.obs_anomalies @ (correction @ (self.obs_anomalies.T @ self.anomalies))
+        # f(l) = sqrt(c / (c + l)) is only needed through its divided difference here
+        return transform_anomalies(None, _scaled_inv_sqrt_divided, ridge, self.obs_anomalies, self.anomalies, True)
 
     def half_gain_anomalies(self) -> Float[Array, "J d"]:
         """(I - 1/2 S S^T G^{-1}) A: DEnKF's anomalies (half the gain, no perturbations)."""
@@ -164,16 +163,16 @@ def ensemble_space(forecast: Ensemble, observed, y, obs_cov, observation_space: 
     ridge = jnp.asarray(size - 1, dtype)
     n_observed = jnp.sum(mask).astype(dtype)
     if observation_space is None:
-        observation_space = p < size
+        observation_space = use_observation_space(size, p)
     if observation_space:
-        chol_obs = jnp.linalg.cholesky(obs_anomalies.T @ obs_anomalies + ridge * jnp.eye(p, dtype=dtype))
+        chol_obs = gram_cholesky(obs_anomalies, ridge, True)
         chol_gram = None
         # whitened S = M / c: quad = c dy^T M^{-1} dy, log det = log det M - p log c
         quad = ridge * (innovation @ cho_solve(chol_obs, innovation))
         logdet = logdet_obs + logdet_from_chol(chol_obs) - p * jnp.log(ridge)
     else:
         chol_obs = None
-        chol_gram = jnp.linalg.cholesky(obs_anomalies @ obs_anomalies.T + ridge * jnp.eye(size, dtype=dtype))
+        chol_gram = gram_cholesky(obs_anomalies, ridge, False)
         # Woodbury and the determinant lemma in ensemble space
         projected = obs_anomalies @ innovation
         quad = innovation @ innovation - projected @ cho_solve(chol_gram, projected)
@@ -189,3 +188,39 @@ def ensemble_space(forecast: Ensemble, observed, y, obs_cov, observation_space: 
         mask=mask,
         log_likelihood=log_likelihood,
     )
+
+
+def use_observation_space(n_members: int, n_obs: int) -> bool:
+    """Whether to factor the n_obs x n_obs Gram matrix S^T S + c I rather than the
+    n_members x n_members one S S^T + c I: when it is the smaller (the push-through
+    identity makes the two equal)."""
+    return n_obs < n_members
+
+
+def gram_cholesky(obs_anomalies: Float[Array, "J p"], ridge, observation_space: bool) -> Float[Array, "r r"]:
+    """Cholesky factor of S S^T + c I_J (ensemble space) or S^T S + c I_p (observation space)."""
+    s = obs_anomalies
+    if observation_space:
+        return jnp.linalg.cholesky(s.T @ s + ridge * jnp.eye(s.shape[1], dtype=s.dtype))
+    return jnp.linalg.cholesky(s @ s.T + ridge * jnp.eye(s.shape[0], dtype=s.dtype))
+
+
+def gain_increments(chol, obs_anomalies, residuals: Float[Array, "k p"], anomalies: Float[Array, "J d"],
+                    observation_space: bool) -> Float[Array, "k d"]:
+    """Rows A^T (S S^T + c I)^{-1} S r_k = A^T S (S^T S + c I)^{-1} r_k: the Kalman gain in
+    ensemble form applied to whitened residuals r_k, from `chol` = `gram_cholesky(S, c, ...)`."""
+    if observation_space:
+        return cho_solve(chol, residuals.T).T @ (obs_anomalies.T @ anomalies)
+    return cho_solve(chol, obs_anomalies @ residuals.T).T @ anomalies
+
+
+def transform_anomalies(function, divided, argument, obs_anomalies, anomalies: Float[Array, "J d"],
+                        observation_space: bool) -> Float[Array, "J d"]:
+    """f(S S^T) A for a spectral function f (with a scalar `argument`), computed as
+    f(S S^T) A in ensemble space or as A + S g(S^T S) S^T A in observation space with the
+    divided difference g(l) = (f(l) - f(0)) / l, given as `divided` (f(0) = 1 is assumed)."""
+    s = obs_anomalies
+    if observation_space:
+        correction = sym_matrix_function(divided, s.T @ s, argument)
+        return anomalies + s @ (correction @ (s.T @ anomalies))
+    return sym_matrix_function(function, s @ s.T, argument) @ anomalies

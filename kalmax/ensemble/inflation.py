@@ -29,6 +29,7 @@ from jaxtyping import Array, Float
 from .. import _checks
 from ..covariance import AbstractCovariance
 from ..gaussian import Ensemble
+from ..covariance import DenseCovariance
 
 
 def _scalar_or_vector(name: str, value, minimum: float, maximum: float | None, what: str) -> jax.Array:
@@ -109,7 +110,6 @@ class AdditiveInflation(AbstractInflation):
     stochastic: ClassVar[bool] = True
 
     def __init__(self, cov):
-        from ..covariance import DenseCovariance
 
         self.cov = cov if isinstance(cov, AbstractCovariance) else DenseCovariance(cov)
 

@@ -49,6 +49,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from .. import _checks
+from ..observations import IndexObservation
 
 # DAPPER's Gaspari-Cohn half-width factor: c = 1.82 * loc_rad, so that the taper
 # is close to exp(-1/2) at distance loc_rad, like a Gaussian of standard deviation
@@ -612,7 +613,6 @@ class Localization(eqx.Module):
 
     def obs_coordinates(self, model) -> np.ndarray:
         """(p, ndim) observation coordinates for `model` (static)."""
-        from ..observations import IndexObservation
 
         observation = model.observation
         p = model.obs_dim

@@ -42,6 +42,7 @@ from ..ensemble.algebra import EnsembleSpace, ensemble_space
 from ..ensemble.inflation import AbstractInflation, as_inflation
 from ..gaussian import Ensemble
 from .ensemble_base import AbstractEnsembleFilter, finish_analysis, member_model
+from ..sharding import AbstractEnsembleSharding
 
 
 class AbstractEnsembleAnalysis(eqx.Module):
@@ -139,7 +140,6 @@ class EnKF(AbstractEnsembleFilter):
         self.inflation = as_inflation(inflation)
         self.rotate = bool(rotate)
         if sharding is not None:
-            from ..sharding import AbstractEnsembleSharding
 
             if not isinstance(sharding, AbstractEnsembleSharding):
                 raise TypeError(f"`sharding` must be a MemberSharding (kalmax.sharding) or None; got {type(sharding).__name__}")

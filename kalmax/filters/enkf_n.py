@@ -80,7 +80,7 @@ from .. import _checks
 from ..ensemble.inflation import AbstractInflation, as_inflation
 from ..gaussian import Ensemble
 from ..linalg import cho_solve, logdet_from_chol, solve_lower, sym_inv_sqrt, symmetrize
-from ..ensemble.algebra import EnsembleSpace, ensemble_space
+from ..ensemble.algebra import EnsembleSpace, ensemble_space, use_observation_space
 from .ensemble_base import AbstractEnsembleFilter, finish_analysis, member_model
 
 _GRID_POINTS = 64
@@ -215,7 +215,7 @@ def dual_problem(space: EnsembleSpace, xN, g: int, observation_space: bool | Non
         observation_space: use the p x p Gram matrix; default (None): when p < J.
     """
     size, p = space.obs_anomalies.shape
-    obs_space = p < size if observation_space is None else bool(observation_space)
+    obs_space = use_observation_space(size, p) if observation_space is None else bool(observation_space)
     dtype = space.obs_anomalies.dtype
     problem = DualProblem(
         obs_anomalies=space.obs_anomalies,

@@ -62,7 +62,7 @@ from ..ensemble.inflation import AbstractInflation, as_inflation
 from ..ensemble.localization import AbstractGeometry, LocalPlan, Localization
 from ..gaussian import Ensemble
 from ..linalg import cho_solve, sym_inv_sqrt, sym_matrix_function
-from ..ensemble.algebra import EnsembleSpace, ensemble_space
+from ..ensemble.algebra import EnsembleSpace, ensemble_space, use_observation_space
 from .ensemble_base import AbstractEnsembleFilter, finish_analysis, member_model
 
 # Working-set target of one batch of local analyses, in array elements (about
@@ -101,7 +101,7 @@ def local_analyses(space: EnsembleSpace, localization: Localization, plan: Local
     state_rows = space.anomalies.T  # (d, J)
     weights = localization.weights(plan, dtype)  # (B, K)
     if observation_space is None:
-        observation_space = plan.neighbours.shape[1] < size
+        observation_space = use_observation_space(size, plan.neighbours.shape[1])
 
     def local(inputs):
         points, neighbours, rho = inputs

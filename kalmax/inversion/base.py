@@ -154,7 +154,7 @@ def initial_state(problem: InverseProblem, size: int, key, members=None) -> Ense
     )
 
 
-class EnsembleSpace(eqx.Module):
+class WhitenedEnsemble(eqx.Module):
     """Whitened ensemble quantities of one update, over the successful members only.
 
     With n successful members, Gamma = L L^T and C_0 = L_0 L_0^T:
@@ -195,6 +195,11 @@ class EnsembleSpace(eqx.Module):
             prior_residuals = jnp.where(success[:, None], problem.prior_whiten(problem.prior.mean - members), 0.0)
             residuals = jnp.concatenate([residuals, prior_residuals], axis=1)
         return cls(members, success, n, mean, deviations / scale, output_anomalies / scale, residuals, context)
+
+    def mean_data_residual(self) -> Float[Array, " p"]:
+        """Mean over the successful members of L^{-1}(y - G(u_j)) (without the Tikhonov rows)."""
+        r = self.context.residuals
+        return self.success.astype(r.dtype) @ r / jnp.maximum(self.n_success, 1.0)
 
     def mean_residual(self) -> Float[Array, " q"]:
         return self.success.astype(self.residuals.dtype) @ self.residuals / jnp.maximum(self.n_success, 1.0)

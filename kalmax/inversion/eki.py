@@ -5,7 +5,7 @@ One EKI iteration with step h moves every member towards the data,
     u_j <- u_j + C^{uw} (C^{ww} + h^{-1} Gamma)^{-1} (y_j - G(u_j)),
 
 y_j = y (deterministic) or y + h^{-1/2} eta_j, eta_j ~ N(0, Gamma) (stochastic).
-It is computed in ensemble space (notation of `base.EnsembleSpace`): with
+It is computed in ensemble space (notation of `base.WhitenedEnsemble`): with
 C^{uw} = A_u^T S L^T and C^{ww} = L S^T S L^T, the Woodbury identity gives
 
     du_j = A_u^T (S S^T + h^{-1} I_J)^{-1} S r_j,
@@ -33,11 +33,12 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ..linalg import cho_solve, sym_matrix_function
+from ..ensemble.algebra import gain_increments, gram_cholesky, transform_anomalies, use_observation_space
+from ..linalg import sym_matrix_function
 from .base import (
     AbstractInversion,
     EnsembleInversionState,
-    EnsembleSpace,
+    WhitenedEnsemble,
     check_ensemble_size,
     initial_state,
     resample_failed,
@@ -52,51 +53,6 @@ def _check_scheduler(scheduler) -> None:
             f"`scheduler` must be a kalmax scheduler (FixedStep, DataMisfitController, EKSStableStep); "
             f"got {type(scheduler).__name__}"
         )
-
-
-def _tell_inputs(method, problem: InverseProblem, state: EnsembleInversionState, outputs, key, failures):
-    if key is None:
-        raise ValueError(
-            f"{type(method).__name__}.tell needs a `key`: it draws the data perturbations (stochastic EKI) and "
-            "redraws failed members"
-        )
-    if not isinstance(problem, InverseProblem):
-        raise TypeError(f"`problem` must be a kalmax InverseProblem; got {type(problem).__name__}")
-    if state.members.shape != (method.ensemble_size, problem.parameter_dim):
-        raise ValueError(
-            f"`state.members` must have shape ({method.ensemble_size}, {problem.parameter_dim}); "
-            f"got {tuple(state.members.shape)} (was the state made by this method and problem?)"
-        )
-    outputs = problem.check_outputs(outputs, method.ensemble_size)
-    codes = problem.member_failures(outputs)
-    if failures is not None:
-        failures = jnp.asarray(failures, jnp.int32)
-        if failures.shape != (method.ensemble_size,):
-            raise ValueError(f"`failures` must have shape ({method.ensemble_size},); got {tuple(failures.shape)}")
-        codes = jnp.where(failures != 0, failures, codes)
-    return outputs, codes
-
-
-def _finish(problem, state, space: EnsembleSpace, updated, codes, step, key):
-    """Redraw failed members, keep the old ensemble if fewer than two succeeded, advance time."""
-    enough = space.n_success >= 2
-    members = resample_failed(key, updated, space.success)
-    members = jnp.where(enough, members, state.members)
-    return EnsembleInversionState(
-        members=members,
-        bounds=state.bounds,
-        time=state.time + jnp.where(enough, step, 0.0),
-        iteration=state.iteration + enough.astype(jnp.int32),
-        misfit=jnp.zeros((), problem.dtype) + _misfit(problem, space),
-        failures=codes,
-        step_size=jnp.where(enough, step, jnp.nan).astype(problem.dtype),
-    )
-
-
-def _misfit(problem, space: EnsembleSpace):
-    r = space.context.residuals
-    mean = space.success.astype(r.dtype) @ r / jnp.maximum(space.n_success, 1.0)
-    return jnp.sum(mean**2)
 
 
 class AbstractEnsembleInversion(AbstractInversion):
@@ -123,6 +79,44 @@ class AbstractEnsembleInversion(AbstractInversion):
     def evaluation_points(self, state):
         return state.members
 
+    def checked_outputs(self, problem: InverseProblem, state: EnsembleInversionState, outputs, key, failures):
+        """`tell`'s argument checks: (outputs (J, p), per-member failure codes (J,))."""
+        if key is None:
+            raise ValueError(
+                f"{type(self).__name__}.tell needs a `key`: it draws the data perturbations (stochastic EKI) and "
+                "redraws failed members"
+            )
+        if not isinstance(problem, InverseProblem):
+            raise TypeError(f"`problem` must be a kalmax InverseProblem; got {type(problem).__name__}")
+        if state.members.shape != (self.ensemble_size, problem.parameter_dim):
+            raise ValueError(
+                f"`state.members` must have shape ({self.ensemble_size}, {problem.parameter_dim}); "
+                f"got {tuple(state.members.shape)} (was the state made by this method and problem?)"
+            )
+        outputs = problem.check_outputs(outputs, self.ensemble_size)
+        codes = problem.member_failures(outputs)
+        if failures is not None:
+            failures = jnp.asarray(failures, jnp.int32)
+            if failures.shape != (self.ensemble_size,):
+                raise ValueError(f"`failures` must have shape ({self.ensemble_size},); got {tuple(failures.shape)}")
+            codes = jnp.where(failures != 0, failures, codes)
+        return outputs, codes
+
+    def finish(self, problem, state, space: WhitenedEnsemble, updated, codes, step, key) -> EnsembleInversionState:
+        """Redraw failed members, keep the old ensemble if fewer than two succeeded, advance time."""
+        enough = space.n_success >= 2
+        members = resample_failed(key, updated, space.success)
+        members = jnp.where(enough, members, state.members)
+        return EnsembleInversionState(
+            members=members,
+            bounds=state.bounds,
+            time=state.time + jnp.where(enough, step, 0.0),
+            iteration=state.iteration + enough.astype(jnp.int32),
+            misfit=jnp.zeros((), problem.dtype) + jnp.sum(space.mean_data_residual() ** 2),
+            failures=codes,
+            step_size=jnp.where(enough, step, jnp.nan).astype(problem.dtype),
+        )
+
     def summary(self, state):
         members = state.members
         mean = members.mean(axis=0)
@@ -148,8 +142,8 @@ class EKI(AbstractEnsembleInversion):
 
     def tell(self, problem: InverseProblem, state: EnsembleInversionState, outputs, key=None, failures=None):
         """Update with the forward runs `outputs` (J, p) of the points from `ask` (rows failed as coded)."""
-        outputs, codes = _tell_inputs(self, problem, state, outputs, key, failures)
-        space = EnsembleSpace.build(problem, state.members, outputs, codes, state.time, self.tikhonov)
+        outputs, codes = self.checked_outputs(problem, state, outputs, key, failures)
+        space = WhitenedEnsemble.build(problem, state.members, outputs, codes, state.time, self.tikhonov)
         step = self.scheduler(space.context)
         key_noise, key_resample = jax.random.split(key)
         residuals = space.residuals
@@ -157,15 +151,11 @@ class EKI(AbstractEnsembleInversion):
             noise = jax.random.normal(key_noise, residuals.shape, residuals.dtype)
             residuals = residuals + jnp.where(space.success[:, None], noise, 0.0) / jnp.sqrt(step)
         S = space.whitened_anomalies
-        size, q = S.shape
-        if q < size:  # data space: S (S^T S + I/h)^{-1} r_j, a q x q system
-            chol = jnp.linalg.cholesky(S.T @ S + jnp.eye(q, dtype=S.dtype) / step)
-            increments = cho_solve(chol, residuals.T).T @ (S.T @ space.anomalies)
-        else:  # ensemble space: (S S^T + I/h)^{-1} S r_j, a J x J system
-            chol = jnp.linalg.cholesky(S @ S.T + jnp.eye(size, dtype=S.dtype) / step)
-            increments = cho_solve(chol, S @ residuals.T).T @ space.anomalies
-        updated = state.members + increments
-        return _finish(problem, state, space, updated, codes, step, key_resample)
+        # a q x q system in data space (q < J) or a J x J one in ensemble space
+        observation_space = use_observation_space(*S.shape)
+        chol = gram_cholesky(S, 1.0 / step, observation_space)
+        updated = state.members + gain_increments(chol, S, residuals, space.anomalies, observation_space)
+        return self.finish(problem, state, space, updated, codes, step, key_resample)
 
 
 class ETKI(AbstractEnsembleInversion):
@@ -185,26 +175,23 @@ class ETKI(AbstractEnsembleInversion):
 
     def tell(self, problem: InverseProblem, state: EnsembleInversionState, outputs, key=None, failures=None):
         """Update with the forward runs `outputs` (J, p); the key only redraws failed members."""
-        outputs, codes = _tell_inputs(self, problem, state, outputs, key, failures)
-        space = EnsembleSpace.build(problem, state.members, outputs, codes, state.time, self.tikhonov)
+        outputs, codes = self.checked_outputs(problem, state, outputs, key, failures)
+        space = WhitenedEnsemble.build(problem, state.members, outputs, codes, state.time, self.tikhonov)
         step = self.scheduler(space.context)
         S, anomalies = space.whitened_anomalies, space.anomalies
-        size, q = S.shape
         scale = jnp.sqrt(jnp.maximum(space.n_success - 1.0, 1.0))
-        if q < size:
-            # data space, with f(S S^T) = I + S g(S^T S) S^T for g(lam) = (f(lam) - 1) / lam
-            gram = S.T @ S
-            inner = sym_matrix_function(_gain_eigenvalues, gram, step)  # (S^T S + I/h)^{-1}
+        observation_space = use_observation_space(*S.shape)
+        if observation_space:
+            inner = sym_matrix_function(_gain_eigenvalues, S.T @ S, step)  # (S^T S + I/h)^{-1}
             mean = space.mean + (S @ (inner @ space.mean_residual())) @ anomalies
-            correction = sym_matrix_function(_transform_minus_one_over_lambda, gram, step)
-            transformed = anomalies + S @ (correction @ (S.T @ anomalies))
         else:
-            gram = S @ S.T
-            gain = sym_matrix_function(_gain_eigenvalues, gram, step)  # (S S^T + I/h)^{-1}
+            gain = sym_matrix_function(_gain_eigenvalues, S @ S.T, step)  # (S S^T + I/h)^{-1}
             mean = space.mean + (gain @ (S @ space.mean_residual())) @ anomalies
-            transformed = sym_matrix_function(_transform_eigenvalues, gram, step) @ anomalies
+        transformed = transform_anomalies(
+            _transform_eigenvalues, _transform_minus_one_over_lambda, step, S, anomalies, observation_space
+        )
         updated = mean + scale * transformed
-        return _finish(problem, state, space, updated, codes, step, key)
+        return self.finish(problem, state, space, updated, codes, step, key)
 
 
 # Eigenvalue functions of the ETKI update (lam: eigenvalues of S S^T or S^T S, h: the step).

@@ -61,9 +61,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from ..ensemble.algebra import use_observation_space
 from ..linalg import cho_solve
-from .base import EnsembleInversionState, EnsembleSpace
-from .eki import AbstractEnsembleInversion, _finish, _tell_inputs
+from .base import EnsembleInversionState, WhitenedEnsemble
+from .eki import AbstractEnsembleInversion
 from .problem import InverseProblem
 from .schedulers import AbstractScheduler, EKSStableStep
 
@@ -110,18 +111,18 @@ class EKS(AbstractEnsembleInversion):
         Returns:
             The next `EnsembleInversionState` (unchanged members if fewer than two succeeded).
         """
-        outputs, codes = _tell_inputs(self, problem, state, outputs, key, failures)
-        space = EnsembleSpace.build(problem, state.members, outputs, codes, state.time)
+        outputs, codes = self.checked_outputs(problem, state, outputs, key, failures)
+        space = WhitenedEnsemble.build(problem, state.members, outputs, codes, state.time)
         step = self.scheduler(space.context)
         key_noise, key_resample = jax.random.split(key)
         updated = self._update(problem, state.members, space, step, key_noise)
-        return _finish(problem, state, space, updated, codes, step, key_resample)
+        return self.finish(problem, state, space, updated, codes, step, key_resample)
 
-    def _update(self, problem, members, space: EnsembleSpace, step, key):
+    def _update(self, problem, members, space: WhitenedEnsemble, step, key):
         dtype = members.dtype
         size, dim = members.shape
         n = jnp.maximum(space.n_success, 1.0)
-        # EnsembleSpace scales by 1/sqrt(n - 1); EKS uses the 1/n normalisation (see the module docstring)
+        # WhitenedEnsemble scales by 1/sqrt(n - 1); EKS uses the 1/n normalisation (see the module docstring)
         rescale = jnp.sqrt(jnp.maximum(space.n_success - 1.0, 1.0))
         deviations = space.anomalies * rescale  # A: (J, d), zero rows for failed members
         output_anomalies = space.context.output_anomalies  # L^{-1}(G(u_k) - mean G), (J, p)
@@ -135,7 +136,7 @@ class EKS(AbstractEnsembleInversion):
         whitened = problem.prior_whiten(jnp.concatenate([deviations, x], axis=0))
         w, x_white = whitened[:size], whitened[size:]
         c = step / n
-        if dim < size:  # parameter space: (I_d + c W^T W)^{-1}, a d x d system
+        if use_observation_space(size, dim):  # parameter space: (I_d + c W^T W)^{-1}, a d x d system
             chol = jnp.linalg.cholesky(jnp.eye(dim, dtype=dtype) + c * (w.T @ w))
             correction = cho_solve(chol, x_white.T).T @ (w.T @ deviations)
         else:  # ensemble space: (I_J + c W W^T)^{-1}, a J x J system

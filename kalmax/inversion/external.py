@@ -97,7 +97,7 @@ from .invert import (
     InversionError,
     InversionHistory,
     InversionResult,
-    _check,
+    check_result,
     check_run,
     is_adaptive,
     iterate_with_outputs,
@@ -306,7 +306,7 @@ def invert_external(
     result = InversionResult(state=state, history=history, code=jnp.int32(code), n_iterations=jnp.int32(n_done))
     if throw:
         try:
-            result = _check(result, method)
+            result = check_result(result, method)
         except InversionError as err:
             if code == RESULTS.TOO_FEW_SUCCESSES and last_messages:
                 quoted = "; ".join(f"member {j}: {m}" for j, m in last_messages)

@@ -260,7 +260,7 @@ def invert(
     history = InversionHistory(*rows)
     result = InversionResult(state=state, history=history, code=code, n_iterations=n_done)
     if throw:
-        result = _check(result, method)
+        result = check_result(result, method)
     return result
 
 
@@ -299,7 +299,9 @@ def start(problem, method, key, init_state):
     return method.init(problem, key_init), key
 
 
-def _check(result: InversionResult, method) -> InversionResult:
+def check_result(result: InversionResult, method) -> InversionResult:
+    """Raise `InversionError` (or attach an `eqx.error_if` under tracing) if the run ended
+    with too few successful forward runs or a non-finite ensemble."""
     name = type(method).__name__
     code = result.code
     if _checks.is_concrete(code):
