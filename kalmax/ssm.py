@@ -21,6 +21,7 @@ from jaxtyping import Array, Float
 
 from . import _checks
 from .covariance import as_covariance
+from .models.integrators import AbstractEnsembleDynamics
 from .observations import LinearObservation, as_observation
 
 
@@ -255,7 +256,7 @@ class LinearGaussianSSM(eqx.Module):
         return out if self.obs_offset is None else out + self.obs_offset
 
 
-class LinearDynamics(eqx.Module):
+class LinearDynamics(AbstractEnsembleDynamics):
     """v -> M v (+ b): linear dynamics as a callable, for nonlinear-model methods."""
 
     matrix: Float[Array, "dx dx"]
@@ -263,6 +264,11 @@ class LinearDynamics(eqx.Module):
 
     def __call__(self, state):
         out = self.matrix @ state
+        return out if self.offset is None else out + self.offset
+
+    def ensemble(self, members):
+        """M v (+ b) for each row of members (J, dx): one matrix product."""
+        out = members @ self.matrix.T
         return out if self.offset is None else out + self.offset
 
 

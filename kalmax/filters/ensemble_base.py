@@ -14,6 +14,7 @@ from jaxtyping import Array, Float, Int
 from ..ensemble.algebra import EnsembleSpace
 from ..gaussian import Ensemble
 from ..linalg import mean_preserving_rotation
+from ..models.integrators import AbstractEnsembleDynamics
 from ..results import RESULTS
 from ..ssm import LinearGaussianSSM, StateSpaceModel, as_state_space_model
 from .base import AbstractFilter
@@ -87,8 +88,15 @@ def finish_analysis(inflation, rotate: bool, forecast: Ensemble, members, space:
 
 
 def forecast_members(model: StateSpaceModel, members, key):
-    """Psi vmapped over members, plus N(0, Sigma) model noise when Sigma is not zero."""
-    forecast = jax.vmap(model.dynamics)(members)
+    """Psi of every member, plus N(0, Sigma) model noise when Sigma is not zero.
+
+    Dynamics that map a whole ensemble (`kalmax.models.AbstractEnsembleDynamics`, such as
+    a `Flow` of Lorenz-96 or a `LinearDynamics`) do so in one call; others are vmapped.
+    """
+    if isinstance(model.dynamics, AbstractEnsembleDynamics):
+        forecast = model.dynamics.ensemble(members)
+    else:
+        forecast = jax.vmap(model.dynamics)(members)
     if model.dynamics_cov.is_zero():
         return forecast
     if key is None:

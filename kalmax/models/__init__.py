@@ -12,6 +12,8 @@ of a state-space model.
 
 from .integrators import (
     RK4,
+    AbstractEnsembleDynamics,
+    AbstractEnsembleVectorField,
     AbstractIntegrator,
     AbstractSemilinearModel,
     Flow,
@@ -25,6 +27,8 @@ from .lorenz96 import Lorenz96
 from .navier_stokes import NavierStokes2D, kolmogorov_forcing
 
 __all__ = [
+    "AbstractEnsembleDynamics",
+    "AbstractEnsembleVectorField",
     "Darcy",
     "garbuno_inigo_source",
     "max_modes",

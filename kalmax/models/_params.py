@@ -69,3 +69,14 @@ def check_state(name: str, state, shape: tuple[int, ...], model: str) -> None:
         )
     if not jnp.issubdtype(state.dtype, jnp.floating):
         raise TypeError(f"`{name}` must have a real floating dtype (float32 or float64); got {state.dtype}")
+
+
+def check_ensemble_states(name: str, states, dim: int, model: str) -> None:
+    """Static shape and dtype check of an ensemble in columns, (dim, J)."""
+    if not hasattr(states, "shape") or states.ndim != 2 or states.shape[0] != dim:
+        raise ValueError(
+            f"`{name}` must have shape ({dim}, J) for {model} (members in the columns); "
+            f"got {getattr(states, 'shape', type(states).__name__)}"
+        )
+    if not jnp.issubdtype(states.dtype, jnp.floating):
+        raise TypeError(f"`{name}` must have a real floating dtype (float32 or float64); got {states.dtype}")

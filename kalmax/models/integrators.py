@@ -80,15 +80,49 @@ def _repeat(step, state, n_steps: int):
     return final
 
 
+class AbstractEnsembleVectorField(eqx.Module):
+    """Capability of a model: its vector field for a whole ensemble at once.
+
+    `ensemble_vector_field(states)` takes the members on the fast (last) axis,
+    states (d, J), and returns d states / dt (d, J), equal to the vector field
+    of each column. On a CPU, XLA vectorises this layout several times better
+    than a `vmap` of the one-state field (a Lorenz-96 `jnp.roll` then moves
+    contiguous rows of J members); `Flow.ensemble` uses it when a model has it.
+    """
+
+    @abc.abstractmethod
+    def ensemble_vector_field(self, states: Float[Array, "d J"]) -> Float[Array, "d J"]:
+        """d states / dt for the members in the columns of `states`."""
+
+
+class AbstractEnsembleDynamics(eqx.Module):
+    """Capability of a model's map Psi: `ensemble(members)` applies it to every row of
+    members (J, d) at once (the ensemble filters' forecast uses it instead of a `vmap`)."""
+
+    @abc.abstractmethod
+    def __call__(self, state):
+        """Psi(state) for one state (d,)."""
+
+    @abc.abstractmethod
+    def ensemble(self, members: Float[Array, "J d"]) -> Float[Array, "J d"]:
+        """Psi of each row of `members`."""
+
+
 class AbstractIntegrator(eqx.Module):
     """Maps a model and a state to the state one observation interval later.
 
     Subclasses implement `integrate(model, state)`; `Flow` calls it.
+    `integrate_ensemble(model, members)` maps an ensemble (J, d); by default a
+    `vmap` of `integrate`.
     """
 
     @abc.abstractmethod
     def integrate(self, model, state):
         """The state after the integrator's interval, for `model`."""
+
+    def integrate_ensemble(self, model, members: Float[Array, "J d"]) -> Float[Array, "J d"]:
+        """`integrate` of every row of `members`."""
+        return jax.vmap(lambda state: self.integrate(model, state))(members)
 
 
 class RK4(AbstractIntegrator):
@@ -116,6 +150,13 @@ class RK4(AbstractIntegrator):
 
     def integrate(self, model, state):
         return self(model.vector_field, state)
+
+    def integrate_ensemble(self, model, members: Float[Array, "J d"]) -> Float[Array, "J d"]:
+        """For a model with `ensemble_vector_field` (an `AbstractEnsembleVectorField`), the same
+        RK4 steps on the transposed members (d, J), members on the fast axis; else a `vmap`."""
+        if not isinstance(model, AbstractEnsembleVectorField):
+            return super().integrate_ensemble(model, members)
+        return self(model.ensemble_vector_field, members.T).T
 
 
 class AbstractSemilinearModel(eqx.Module):
@@ -202,7 +243,7 @@ class IntegratingFactorRK4(AbstractIntegrator):
         return model.from_spectral(_repeat(step, z, self.n_steps))
 
 
-class Flow(eqx.Module):
+class Flow(AbstractEnsembleDynamics):
     """The model flow over one observation interval: Psi(v) in v_{n+1} = Psi(v_n) + xi_n.
 
     `Flow(model, integrator)(state)` integrates `model` with `integrator` from
@@ -241,6 +282,11 @@ class Flow(eqx.Module):
 
     def __call__(self, state):
         return self.integrator.integrate(self.model, state)
+
+    def ensemble(self, members: Float[Array, "J d"]) -> Float[Array, "J d"]:
+        """The flow of every member (J, d) (batched layout where the model allows: see
+        `AbstractEnsembleVectorField`)."""
+        return self.integrator.integrate_ensemble(self.model, members)
 
 
 def trajectory(flow, state, n_intervals: int):

@@ -7,9 +7,10 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from . import _params
+from .integrators import AbstractEnsembleVectorField
 
 
-class Lorenz63(eqx.Module):
+class Lorenz63(AbstractEnsembleVectorField):
     """Lorenz (1963), "Deterministic nonperiodic flow", J. Atmos. Sci. 20:
 
         dx/dt = sigma (y - x)
@@ -48,4 +49,11 @@ class Lorenz63(eqx.Module):
         _params.check_state("state", state, (3,), "Lorenz63")
         sigma, rho, beta = (p.astype(state.dtype) for p in (self.sigma, self.rho, self.beta))
         x, y, z = state[0], state[1], state[2]
+        return jnp.stack([sigma * (y - x), x * (rho - z) - y, x * y - beta * z])
+
+    def ensemble_vector_field(self, states: Float[Array, "3 J"]) -> Float[Array, "3 J"]:
+        """d states / dt for the members in the columns of `states` (3, J)."""
+        _params.check_ensemble_states("states", states, 3, "Lorenz63")
+        sigma, rho, beta = (p.astype(states.dtype) for p in (self.sigma, self.rho, self.beta))
+        x, y, z = states[0], states[1], states[2]
         return jnp.stack([sigma * (y - x), x * (rho - z) - y, x * y - beta * z])

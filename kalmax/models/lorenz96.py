@@ -7,9 +7,10 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from . import _params
+from .integrators import AbstractEnsembleVectorField
 
 
-class Lorenz96(eqx.Module):
+class Lorenz96(AbstractEnsembleVectorField):
     """Lorenz (1996), "Predictability: a problem partly solved" (ECMWF seminar):
 
         dx_i/dt = (x_{i+1} - x_{i-2}) x_{i-1} - x_i + F,   i = 0, ..., dim-1,
@@ -48,3 +49,11 @@ class Lorenz96(eqx.Module):
         # jnp.roll(x, s)[i] = x[i - s]
         advection = (jnp.roll(state, -1) - jnp.roll(state, 2)) * jnp.roll(state, 1)
         return advection - state + forcing
+
+    def ensemble_vector_field(self, states: Float[Array, "dim J"]) -> Float[Array, "dim J"]:
+        """d states / dt for the members in the columns of `states` (dim, J)."""
+        _params.check_ensemble_states("states", states, self.dim, f"Lorenz96(dim={self.dim})")
+        forcing = self.forcing.astype(states.dtype)
+        forcing = forcing[:, None] if forcing.ndim == 1 else forcing
+        advection = (jnp.roll(states, -1, axis=0) - jnp.roll(states, 2, axis=0)) * jnp.roll(states, 1, axis=0)
+        return advection - states + forcing

@@ -8,6 +8,8 @@ import pytest
 import scipy.linalg
 
 from kalmax.models import (
+    AbstractEnsembleDynamics,
+    AbstractEnsembleVectorField,
     RK4,
     AbstractSemilinearModel,
     Flow,
@@ -134,3 +136,45 @@ def test_bad_integrator_arguments():
         Flow(Lorenz96(), IntegratingFactorRK4(0.01, 1))(jnp.zeros(40))
     with pytest.raises(ValueError, match="n_intervals"):
         trajectory(Flow(Lorenz63(), RK4(0.01)), jnp.zeros(3), -1)
+
+
+# -- ensembles in the batched layout (members on the fast axis) ---------------------------
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize(
+    "model",
+    [Lorenz63(), Lorenz96(40), Lorenz96(12, forcing=jnp.linspace(7.0, 9.0, 12))],
+    ids=["lorenz63", "lorenz96", "lorenz96-vector-forcing"],
+)
+def test_ensemble_vector_field_and_flow_equal_the_vmapped_forms(model, dtype):
+    assert isinstance(model, AbstractEnsembleVectorField)
+    dim = model.state_dim
+    members = (3.0 * jax.random.normal(jax.random.key(0), (7, dim)) + 1.0).astype(dtype)
+    fields = model.ensemble_vector_field(members.T).T
+    np.testing.assert_allclose(fields, jax.vmap(model.vector_field)(members), rtol=1e-6 if dtype == jnp.float32 else 1e-14)
+    flow = Flow(model, RK4(0.01, 3))
+    assert isinstance(flow, AbstractEnsembleDynamics)
+    batched = eqx.filter_jit(lambda f, x: f.ensemble(x))(flow, members)
+    assert batched.dtype == dtype and batched.shape == members.shape
+    np.testing.assert_allclose(batched, jax.vmap(flow)(members), rtol=1e-5 if dtype == jnp.float32 else 1e-13)
+    # vmap over a batch of ensembles and the gradient with respect to the model's parameters
+    stacked = jnp.stack([members, 1.1 * members])
+    np.testing.assert_allclose(jax.vmap(flow.ensemble)(stacked)[1], flow.ensemble(1.1 * members), rtol=1e-5)
+    grad_batched = jax.grad(lambda f: jnp.sum(f.ensemble(members) ** 2))(flow)
+    grad_vmapped = jax.grad(lambda f: jnp.sum(jax.vmap(f)(members) ** 2))(flow)
+    for a, b in zip(jax.tree_util.tree_leaves(grad_batched), jax.tree_util.tree_leaves(grad_vmapped)):
+        np.testing.assert_allclose(a, b, rtol=1e-4 if dtype == jnp.float32 else 1e-11)
+
+
+def test_ensemble_vector_field_rejects_members_in_rows():
+    with pytest.raises(ValueError, match=r"`states` must have shape \(40, J\)"):
+        Lorenz96(40).ensemble_vector_field(jnp.zeros((5, 40)))
+
+
+def test_linear_dynamics_maps_an_ensemble_in_one_product():
+    from kalmax.ssm import LinearDynamics
+
+    matrix = jax.random.normal(jax.random.key(1), (4, 4))
+    dynamics = LinearDynamics(matrix, jnp.arange(4.0))
+    members = jax.random.normal(jax.random.key(2), (6, 4))
+    np.testing.assert_allclose(dynamics.ensemble(members), jax.vmap(dynamics)(members), rtol=1e-13)
