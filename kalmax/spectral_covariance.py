@@ -30,7 +30,6 @@ mu_k > 0 only), i.e. they act on the subspace the covariance lives on.
 from __future__ import annotations
 
 import abc
-import functools
 import math
 
 import equinox as eqx
@@ -43,7 +42,6 @@ from . import _checks
 from .covariance import AbstractCovariance
 
 
-@functools.lru_cache(maxsize=16)
 def _wavenumbers(n: int) -> tuple[np.ndarray, np.ndarray]:
     """Integer wavenumbers (k_x, k_y) on the full (n, n) FFT grid, in `fftfreq` order.
 

@@ -37,7 +37,6 @@ d = 40,000 state never needs a d x p (let alone d x d) array at run time.
 from __future__ import annotations
 
 import abc
-import dataclasses
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -116,13 +115,6 @@ class AbstractTaper(eqx.Module):
         """rho(distance) with the (traced) radius, in the dtype of `distance`."""
         distance = jnp.asarray(distance)
         return self.shape(distance, self.radius.astype(distance.dtype), jnp)
-
-    def static_key(self) -> tuple:
-        """A hashable description of everything but the traced radius (for caching plans)."""
-        static = tuple(
-            (f.name, getattr(self, f.name)) for f in dataclasses.fields(self) if f.metadata.get("static", False)
-        )
-        return (type(self), static)
 
 
 def _gaspari_cohn(ratio, xp):
@@ -540,10 +532,6 @@ class LocalPlan(NamedTuple):
     order: np.ndarray | None
 
 
-_PLANS: dict = {}
-_MAX_PLANS = 32
-
-
 class Localization(eqx.Module):
     """Domain localisation: which observations weigh how much in each local analysis.
 
@@ -645,25 +633,11 @@ class Localization(eqx.Module):
         self.obs_coordinates(model)
 
     def plan(self, model) -> LocalPlan:
-        """The static `LocalPlan` for `model` (cached; NumPy, run at trace time)."""
+        """The static `LocalPlan` for `model` (NumPy; built where the analysis is traced, so
+        once per compilation: 0.1 s for d = 40,000 points)."""
         self.check(model)
         coords = self.obs_coordinates(model)
-        bound = self.taper.max_radius
-        key = (
-            self.geometry,
-            coords.tobytes(),
-            coords.shape,
-            self.block,
-            self.cutoff,
-            self.taper.static_key(),
-        )
-        plan = _PLANS.get(key)
-        if plan is None:
-            plan = _build_plan(self.geometry, self.taper, coords, self.block, self.cutoff, bound)
-            if len(_PLANS) >= _MAX_PLANS:
-                _PLANS.pop(next(iter(_PLANS)))
-            _PLANS[key] = plan
-        return plan
+        return _build_plan(self.geometry, self.taper, coords, self.block, self.cutoff, self.taper.max_radius)
 
     def weights(self, plan: LocalPlan, dtype) -> Float[Array, "B K"]:
         """(B, K) taper weights of each block's neighbours at the traced radius (zero

@@ -242,7 +242,7 @@ class LETKF(AbstractEnsembleFilter):
         locations, blocks, a diagonal `obs_cov`, per-variable inflation size."""
         model = member_model(model, type(self).__name__)
         self.inflation.check_size(model.state_dim)
-        self.localization.plan(model)
+        self.localization.check(model)
         _check_obs_cov(model.obs_cov)
 
     def analysis_step(self, model, forecast: Ensemble, y, key):

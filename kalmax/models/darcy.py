@@ -9,7 +9,6 @@ structure and ensemble Kalman sampler", SIAM J. Appl. Dyn. Syst. 19 (Section
 
 from __future__ import annotations
 
-import functools
 
 import equinox as eqx
 import jax
@@ -20,7 +19,6 @@ from jaxtyping import Array, Float
 from . import _params
 
 
-@functools.lru_cache(maxsize=64)
 def _sorted_wavenumbers(grid_size: int, n_candidates: int) -> np.ndarray:
     """Wavenumbers (k1, k2) >= 0 by increasing |k|^2, ties by k1 then k2.
 

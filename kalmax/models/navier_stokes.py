@@ -21,7 +21,6 @@ from . import _params
 from .integrators import AbstractSemilinearModel
 
 
-@functools.lru_cache(maxsize=16)
 def _wavenumbers(n: int):
     """Integer wavenumbers on the rfft2 grid (n, n//2 + 1) and the 2/3-rule mask.
 
