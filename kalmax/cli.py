@@ -20,27 +20,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-# Hyperparameters published with the reference set-ups (../shared/reference).
-_DEFAULT_XB = {"lorenz63-sakov2012": 0.1, "lorenz96-sakov2008": 0.02}
-_DEFAULT_EKF_INFL = {"lorenz63-sakov2012": 180.0, "lorenz96-sakov2008": 10.0}
-# (ensemble size, inflation of the analysis anomalies, rotation) per preset and method:
-# DAPPER's documented EnKF('Sqrt'/'PertObs'/'DEnKF', N, infl, rot) configurations.
-_ENSEMBLE_DEFAULTS = {
-    ("lorenz63-sakov2012", "etkf"): (10, 1.02, True),
-    ("lorenz63-sakov2012", "enkf"): (10, 1.04, False),
-    ("lorenz63-sakov2012", "denkf"): (10, 1.02, False),  # not in the table: the Sqrt setting
-    ("lorenz96-sakov2008", "etkf"): (24, 1.013, True),
-    ("lorenz96-sakov2008", "enkf"): (40, 1.06, False),
-    ("lorenz96-sakov2008", "denkf"): (40, 1.01, False),
-}
-_ENSEMBLE_FALLBACK = (20, 1.02, False)
-# LETKF: DAPPER's LETKF(N=7, infl=1.04, rot=True, loc_rad=4) on Lorenz-96 (its localisation
-# conventions); on Navier-Stokes the settings of examples/navier_stokes_letkf.py.
-_LETKF_DEFAULTS = {
-    "lorenz96-sakov2008": (7, 1.04, True, 4.0),
-    "navier-stokes-law-stuart": (20, 1.05, False, 4.0),
-}
-
 # Sweepable hyperparameters: the name passed to `make_method` -> the option that gives values.
 _GRID_OPTIONS = {"inflation": "--inflation", "xb": "--xb", "beta": "--beta", "radius": "--radius", "xn": "--xn"}
 
@@ -75,18 +54,21 @@ def _factory_3dvar(setup, args, key):
     from .experiments import climatology_cov
     from .filters.var3d import ThreeDVar
 
-    if setup.name == "navier-stokes-law-stuart":
+    defaults = setup.defaults
+    if defaults.fourier_beta is not None:
         from .spectral_covariance import FourierCovariance
 
         n = int(round(setup.model.state_dim**0.5))
         dtype = setup.model.dtype
-        return (lambda beta: ThreeDVar(FourierCovariance(n, beta=beta, alpha=2.0, dtype=dtype))), {"beta": 0.5}
+        return (lambda beta: ThreeDVar(FourierCovariance(n, beta=beta, alpha=2.0, dtype=dtype))), {
+            "beta": defaults.fourier_beta
+        }
     clim = climatology_cov(setup.model, key, args.climatology_steps, spin_up=500)
 
     def make(xb):
         return ThreeDVar(jnp.asarray(xb, clim.dtype) * clim)
 
-    return make, {"xb": _DEFAULT_XB.get(setup.name, 0.1)}
+    return make, {"xb": defaults.xb}
 
 
 def _factory_ekf(setup, args, key):
@@ -94,7 +76,7 @@ def _factory_ekf(setup, args, key):
 
     interval = setup.interval
     return (lambda inflation: ExtendedKalmanFilter.per_unit_time(inflation, interval)), {
-        "inflation": _DEFAULT_EKF_INFL.get(setup.name, 1.0)
+        "inflation": setup.defaults.ekf_inflation
     }
 
 
@@ -107,11 +89,12 @@ def _factory_ukf(setup, args, key):
     }
 
 
-def _ensemble_factory(name: str, update_name: str):
+def _ensemble_factory(settings_of: Callable, update_name: str):
     def factory(setup, args, key):
         from .filters import enkf
 
-        size, infl, rotate = _ENSEMBLE_DEFAULTS.get((setup.name, name), _ENSEMBLE_FALLBACK)
+        settings = settings_of(setup.defaults)
+        size, infl, rotate = settings.size, settings.inflation, settings.rotate
         size = size if getattr(args, "ensemble_size", None) is None else args.ensemble_size
         rotate = rotate if getattr(args, "rotate", None) is None else args.rotate
         update = getattr(enkf, update_name)
@@ -125,30 +108,27 @@ def _ensemble_factory(name: str, update_name: str):
 
 
 def _factory_letkf(setup, args, key):
-    from .ensemble.localization import GaspariCohn, Localization, Periodic1D, Periodic2D
+    from .ensemble.localization import GaspariCohn, Localization
     from .filters.letkf import LETKF
 
-    if setup.name not in _LETKF_DEFAULTS:
-        raise ValueError(
-            f"letkf needs a spatial model with a localisation geometry ({', '.join(_LETKF_DEFAULTS)}); "
-            f"got {setup.name}"
-        )
-    size, infl, rotate, radius = _LETKF_DEFAULTS[setup.name]
+    settings = setup.defaults.letkf
+    if settings is None:
+        raise ValueError(f"letkf needs a spatial model with a localisation geometry; the preset {setup.name} has none")
+    size, infl, rotate = settings.ensemble.size, settings.ensemble.inflation, settings.ensemble.rotate
+    radius, geometry = settings.radius, settings.geometry
     size = size if getattr(args, "ensemble_size", None) is None else args.ensemble_size
     rotate = rotate if getattr(args, "rotate", None) is None else args.rotate
     given = getattr(args, "radius", None)
     # the static neighbour lists are built for the largest radius of a sweep
     max_radius = float(max(given)) if isinstance(given, (list, tuple)) else float(given or radius)
-    dim = setup.model.state_dim
-    if setup.name == "lorenz96-sakov2008":
+    if settings.dapper:
 
         def localization(r):
-            return Localization.dapper(Periodic1D(dim), r, max_radius=max_radius)
+            return Localization.dapper(geometry, r, max_radius=max_radius)
     else:
-        n = int(round(dim**0.5))
 
         def localization(r):
-            return Localization(Periodic2D(n), GaspariCohn(r, max_radius=max_radius))
+            return Localization(geometry, GaspariCohn(r, max_radius=max_radius))
 
     def make(inflation, radius):
         return LETKF(size, localization(radius), inflation=inflation, rotate=rotate)
@@ -156,14 +136,10 @@ def _factory_letkf(setup, args, key):
     return make, {"inflation": infl, "radius": radius}
 
 
-# EnKF-N: (ensemble size, rotation) per preset (DAPPER's EnKF_N(N, rot=True)).
-_ENKF_N_DEFAULTS = {"lorenz63-sakov2012": (10, True), "lorenz96-sakov2008": (24, True)}
-
-
 def _factory_enkf_n(setup, args, key):
     from .filters.enkf_n import EnKFN
 
-    size, rotate = _ENKF_N_DEFAULTS.get(setup.name, (_ENSEMBLE_FALLBACK[0], True))
+    size, rotate = setup.defaults.enkf_n.size, setup.defaults.enkf_n.rotate
     size = size if getattr(args, "ensemble_size", None) is None else args.ensemble_size
     rotate = rotate if getattr(args, "rotate", None) is None else args.rotate
 
@@ -178,15 +154,15 @@ METHODS: dict[str, MethodEntry] = {
     "ekf": MethodEntry(_factory_ekf, "ExtendedKalmanFilter: inflation per unit time (DAPPER's ExtKF(infl))"),
     "ukf": MethodEntry(_factory_ukf, "UnscentedKalmanFilter: 2d+1 sigma points"),
     "enkf": MethodEntry(
-        _ensemble_factory("enkf", "PerturbedObservations"),
+        _ensemble_factory(lambda d: d.enkf, "PerturbedObservations"),
         "EnKF, perturbed observations (DAPPER's EnKF('PertObs', N, infl))",
     ),
     "etkf": MethodEntry(
-        _ensemble_factory("etkf", "SquareRoot"),
+        _ensemble_factory(lambda d: d.etkf, "SquareRoot"),
         "EnKF, symmetric square root / ETKF (DAPPER's EnKF('Sqrt', N, infl, rot))",
     ),
     "denkf": MethodEntry(
-        _ensemble_factory("denkf", "DEnKF"), "EnKF, deterministic DEnKF of Sakov & Oke 2008 (DAPPER's 'DEnKF')"
+        _ensemble_factory(lambda d: d.denkf, "DEnKF"), "EnKF, deterministic DEnKF of Sakov & Oke 2008 (DAPPER's 'DEnKF')"
     ),
     "enkf-n": MethodEntry(
         _factory_enkf_n, "EnKFN: finite-size EnKF, adaptive inflation (DAPPER's EnKF_N(N, rot, xN))"

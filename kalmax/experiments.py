@@ -21,6 +21,7 @@ from . import metrics
 from .assimilate import assimilate, check_status
 from .simulate import simulate
 from .gaussian import Gaussian, SqrtGaussian
+from .results import RESULTS
 from .ssm import StateSpaceModel
 
 
@@ -70,15 +71,20 @@ class ScoreAgainstTruth(eqx.Module):
     Args:
         truth: (T + 1, dx) true states v_0..v_T (cycle n is scored against v_{n+1}).
         keep_mean: also keep the analysis means (T, dx) (for plots).
+        distribution_scores: also score the CRPS and the rank histogram (a sweep
+            keeps the rmse and spread only).
     """
 
     truth: Float[Array, "T1 dx"]
     keep_mean: bool = eqx.field(static=True, default=True)
+    distribution_scores: bool = eqx.field(static=True, default=True)
 
     def __call__(self, forecast, analysis, info, cycle) -> CycleScores:
         true_state = self.truth[cycle + 1]
         var_a, var_f = state_variances(analysis), state_variances(forecast)
-        if hasattr(analysis, "members"):
+        if not self.distribution_scores:
+            crps, counts = None, None
+        elif hasattr(analysis, "members"):
             crps = metrics.crps(analysis.members, true_state)
             counts = metrics.rank_histogram(analysis.members[None], true_state[None])
         elif var_a is not None:
@@ -157,6 +163,41 @@ def _average(series, burn_in: int):
     return None if series is None else jnp.mean(series[burn_in:], axis=0)
 
 
+def time_averages(cycles: CycleScores, burn_in: int) -> TwinStats:
+    """The `TwinStats` of per-cycle scores: averages over the cycles n >= burn_in."""
+    return TwinStats(
+        rmse_analysis=_average(cycles.rmse_analysis, burn_in),
+        rmse_forecast=_average(cycles.rmse_forecast, burn_in),
+        spread_analysis=_average(cycles.spread_analysis, burn_in),
+        spread_forecast=_average(cycles.spread_forecast, burn_in),
+        crps_analysis=_average(cycles.crps_analysis, burn_in),
+        rank_histogram=None if cycles.rank_counts is None else jnp.sum(cycles.rank_counts[burn_in:], axis=0),
+    )
+
+
+def failed_cycles(cycles: CycleScores):
+    """(T,) whether each cycle failed: a status other than success, or a non-finite rmse."""
+    status = cycles.info.status
+    bad = jnp.any((status != RESULTS.SUCCESSFUL).reshape(status.shape[0], -1), axis=1)
+    return bad | ~jnp.isfinite(cycles.rmse_analysis)
+
+
+def twin_keys(key: PRNGKeyArray, n_chunks: int = 1):
+    """(truth key, one method key per chunk of cycles): how a twin experiment splits its key."""
+    key_truth, key_method = jax.random.split(key)
+    return key_truth, jax.random.split(key_method, n_chunks)
+
+
+def run_scored(model, method, truth, ys, key, *, keep_mean: bool = True, distribution_scores: bool = True,
+               init_state=None):
+    """One assimilation of `ys` scored cycle by cycle against `truth` (T + 1, dx): the core
+    of `twin_experiment` (per chunk of cycles) and of `sweep` (vmapped over settings and
+    seeds). Returns (final state, `CycleScores`); failures are left in the scores' status."""
+    saver = ScoreAgainstTruth(truth, keep_mean=keep_mean, distribution_scores=distribution_scores)
+    return assimilate(model, method, ys, key if method.stochastic else None, save=saver, throw=False,
+                      init_state=init_state)
+
+
 def twin_experiment(
     model,
     method,
@@ -197,7 +238,8 @@ def twin_experiment(
         raise ValueError(f"`n_cycles` must be a positive integer; got {n_cycles}")
     if not 0 <= int(burn_in) < n_cycles:
         raise ValueError(f"`burn_in` must lie in [0, n_cycles={n_cycles}); got {burn_in}")
-    key_truth, key_method = jax.random.split(key)
+    chunk = n_cycles if chunk_size is None else max(1, int(chunk_size))
+    key_truth, chunk_keys = twin_keys(key, -(-n_cycles // chunk))
     if (truth is None) != (ys is None):
         raise ValueError("give both `truth` and `ys`, or neither")
     if truth is None:
@@ -210,16 +252,12 @@ def twin_experiment(
             )
         if ys.shape[0] != n_cycles:
             raise ValueError(f"`ys` must have {n_cycles} rows; got {ys.shape[0]}")
-    needs_key = method.stochastic
-    chunk = n_cycles if chunk_size is None else max(1, int(chunk_size))
     state, pieces = None, []
-    chunk_keys = jax.random.split(key_method, -(-n_cycles // chunk))
     for index, start in enumerate(range(0, n_cycles, chunk)):
         stop = min(start + chunk, n_cycles)
-        saver = ScoreAgainstTruth(truth[start : stop + 1], keep_mean=keep_mean)
-        state, scores = assimilate(
-            model, method, ys[start:stop], chunk_keys[index] if needs_key else None,
-            save=saver, throw=False, init_state=state,
+        state, scores = run_scored(
+            model, method, truth[start : stop + 1], ys[start:stop], chunk_keys[index], keep_mean=keep_mean,
+            init_state=state,
         )
         pieces.append(scores)
         if progress is not None:
@@ -231,14 +269,7 @@ def twin_experiment(
     if throw:
         cycles = check_status(cycles, type(method).__name__)
     burn_in = int(burn_in)
-    stats = TwinStats(
-        rmse_analysis=_average(cycles.rmse_analysis, burn_in),
-        rmse_forecast=_average(cycles.rmse_forecast, burn_in),
-        spread_analysis=_average(cycles.spread_analysis, burn_in),
-        spread_forecast=_average(cycles.spread_forecast, burn_in),
-        crps_analysis=_average(cycles.crps_analysis, burn_in),
-        rank_histogram=None if cycles.rank_counts is None else jnp.sum(cycles.rank_counts[burn_in:], axis=0),
-    )
+    stats = time_averages(cycles, burn_in)
     return TwinResult(truth=truth, ys=ys, cycles=cycles, stats=stats, final_state=final, burn_in=burn_in)
 
 

@@ -38,11 +38,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
-from . import metrics
-from .results import RESULTS
 from ._compile import dual_jit, prefers_serial, state_size
-from .assimilate import assimilate
-from .experiments import state_variances
+from .experiments import failed_cycles, run_scored, time_averages, twin_keys
 from .simulate import simulate
 from .sharding import device_mesh
 
@@ -52,43 +49,9 @@ __all__ = ["SweepResult", "sweep"]
 # -- one run -----------------------------------------------------------------------------
 
 
-class _CycleStatus(eqx.Module):
-    status: Array | None
+class RunStats(eqx.Module):
+    """The time-averaged scores of one run of a sweep (NaN spread for point estimates)."""
 
-
-class _CycleScores(eqx.Module):
-    """What a sweep keeps per cycle: five numbers (no means, no CRPS, no rank counts)."""
-
-    rmse_analysis: Float[Array, ""]
-    rmse_forecast: Float[Array, ""]
-    spread_analysis: Float[Array, ""]
-    spread_forecast: Float[Array, ""]
-    info: _CycleStatus
-
-
-class _ScoreRun(eqx.Module):
-    """A saver for `assimilate`: the same rmse and spread as `ScoreAgainstTruth`."""
-
-    truth: Float[Array, "T1 dx"]
-
-    def __call__(self, forecast, analysis, info, cycle) -> _CycleScores:
-        true_state = self.truth[cycle + 1]
-        nan = jnp.full((), jnp.nan, true_state.dtype)
-
-        def spread(state):
-            variances = state_variances(state)
-            return nan if variances is None else jnp.sqrt(jnp.mean(variances))
-
-        return _CycleScores(
-            rmse_analysis=metrics.rmse(analysis.mean, true_state),
-            rmse_forecast=metrics.rmse(forecast.mean, true_state),
-            spread_analysis=spread(analysis),
-            spread_forecast=spread(forecast),
-            info=_CycleStatus(getattr(info, "status", None)),
-        )
-
-
-class _RunStats(eqx.Module):
     rmse_analysis: Float[Array, ""]
     rmse_forecast: Float[Array, ""]
     spread_analysis: Float[Array, ""]
@@ -97,7 +60,7 @@ class _RunStats(eqx.Module):
     first_failure: Array  # first failing cycle, -1 if none
 
 
-def _run_one(model, make_method, burn_in: int, params: dict, seed_key, truth, ys) -> _RunStats:
+def run_one(model, make_method, burn_in: int, params: dict, seed_key, truth, ys) -> RunStats:
     """One twin experiment; equals `twin_experiment(model, make_method(**params), T,
     seed_key, burn_in=burn_in)` (same key derivation, same scores)."""
     try:
@@ -109,29 +72,19 @@ def _run_one(model, make_method, burn_in: int, params: dict, seed_key, truth, ys
             "hold traceable hyperparameters (inflation, radius, ...); fix shape-setting ones such as the ensemble "
             "size inside make_method and run one sweep per value"
         ) from err
-    # twin_experiment splits its key into (truth, method) keys, and the method key
-    # into one key per chunk; an unchunked run uses the first.
-    _, key_method = jax.random.split(seed_key)
-    needs_key = method.stochastic
-    run_key = jax.random.split(key_method, 1)[0] if needs_key else None
-    _, cycles = assimilate(model, method, ys, run_key, save=_ScoreRun(truth), throw=False)
-
-    def average(series):
-        return jnp.mean(series[burn_in:], axis=0)
-
-    stats = {
-        name: average(getattr(cycles, name))
-        for name in ("rmse_analysis", "rmse_forecast", "spread_analysis", "spread_forecast")
-    }
-    status = cycles.info.status
-    if status is None:
-        bad_cycle = ~jnp.isfinite(cycles.rmse_analysis)
-    else:
-        bad_cycle = jnp.any((status != RESULTS.SUCCESSFUL).reshape(status.shape[0], -1), axis=1)
-        bad_cycle = bad_cycle | ~jnp.isfinite(cycles.rmse_analysis)
-    failed = jnp.any(bad_cycle) | ~jnp.isfinite(stats["rmse_analysis"])
-    first = jnp.where(jnp.any(bad_cycle), jnp.argmax(bad_cycle), -1).astype(jnp.int32)
-    return _RunStats(**stats, failed=failed, first_failure=first)
+    _, method_keys = twin_keys(seed_key)  # the key of an unchunked twin experiment
+    _, cycles = run_scored(model, method, truth, ys, method_keys[0], keep_mean=False, distribution_scores=False)
+    stats = time_averages(cycles, burn_in)
+    nan = jnp.full((), jnp.nan, truth.dtype)
+    bad_cycle = failed_cycles(cycles)
+    return RunStats(
+        rmse_analysis=stats.rmse_analysis,
+        rmse_forecast=stats.rmse_forecast,
+        spread_analysis=nan if stats.spread_analysis is None else stats.spread_analysis,
+        spread_forecast=nan if stats.spread_forecast is None else stats.spread_forecast,
+        failed=jnp.any(bad_cycle) | ~jnp.isfinite(stats.rmse_analysis),
+        first_failure=jnp.where(jnp.any(bad_cycle), jnp.argmax(bad_cycle), -1).astype(jnp.int32),
+    )
 
 
 # -- the sweep ---------------------------------------------------------------------------
@@ -199,7 +152,7 @@ def _sweep_vectorized_body(model, make_method, burn_in: int, n_settings: int, fl
 
     def per_setting(params):
         params = {k: v for k, v in params.items() if k != "__index__"}
-        return jax.vmap(lambda k, tr, y: _run_one(model, make_method, burn_in, params, k, tr, y))(seed_keys, truth, ys)
+        return jax.vmap(lambda k, tr, y: run_one(model, make_method, burn_in, params, k, tr, y))(seed_keys, truth, ys)
 
     if batch_size is None or batch_size >= n_settings:
         runs = jax.vmap(per_setting)(indexed)
@@ -216,7 +169,7 @@ def _sweep_vectorized_body(model, make_method, burn_in: int, n_settings: int, fl
 
 
 def _single_run_body(model, make_method, burn_in: int, params: dict, seed_key, truth, ys):
-    return _run_one(model, make_method, burn_in, params, seed_key, truth, ys)
+    return run_one(model, make_method, burn_in, params, seed_key, truth, ys)
 
 
 _sweep_vectorized_default, _sweep_vectorized_serial = dual_jit(_sweep_vectorized_body)
@@ -408,7 +361,7 @@ def sweep(
     if (truth is None) != (ys is None):
         raise ValueError("give both `truth` and `ys`, or neither")
     if truth is None:
-        truth_keys = jax.vmap(lambda k: jax.random.split(k)[0])(seed_keys)
+        truth_keys = jax.vmap(lambda k: twin_keys(k)[0])(seed_keys)
         truth, ys = _simulate_seeds(model, truth_keys, n_cycles)
     else:
         truth, ys = jnp.asarray(truth), jnp.asarray(ys)
