@@ -15,6 +15,7 @@ prints the mean rmse with its standard error per setting.
 from __future__ import annotations
 
 import argparse
+import pathlib
 import sys
 import time
 from collections.abc import Callable
@@ -205,11 +206,40 @@ def _cmd_list(args) -> int:
     return 0
 
 
-def _unknown_method(name: str) -> bool:
+def load_method_entry(name: str) -> MethodEntry:
+    """The entry of a built-in method, or of a user's method given as `MODULE:FACTORY` or
+    `path/to/file.py:FACTORY`, where `FACTORY(setup)` returns `(make_method, defaults)`:
+    `make_method(**params)` builds the filter from traceable hyperparameters and `defaults`
+    maps their names (inflation, radius, xb, beta or xn, so that options set them) to values.
+
+    Raises:
+        ValueError: naming the method, when it is unknown or cannot be loaded.
+    """
     if name in METHODS:
-        return False
-    print(f"error: unknown method {name!r}; valid methods: {', '.join(METHODS)}", file=sys.stderr)
-    return True
+        return METHODS[name]
+    if ":" not in name:
+        raise ValueError(
+            f"unknown method {name!r}; valid methods: {', '.join(METHODS)}, or MODULE:FACTORY / FILE.py:FACTORY"
+        )
+    import importlib
+    import importlib.util
+
+    where, attribute = name.rsplit(":", 1)
+    try:
+        if where.endswith(".py"):
+            spec = importlib.util.spec_from_file_location(pathlib.Path(where).stem, where)
+            if spec is None or not pathlib.Path(where).is_file():
+                raise FileNotFoundError(f"no file {where}")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(where)
+        factory = getattr(module, attribute)
+    except (ImportError, FileNotFoundError, AttributeError, SyntaxError) as err:
+        raise ValueError(f"cannot load method {name!r}: {err}") from None
+    if not callable(factory):
+        raise ValueError(f"method {name!r}: {attribute} is not callable")
+    return MethodEntry(lambda setup, args, key: factory(setup), f"user method {name}")
 
 
 def _prepare(args):
@@ -220,15 +250,14 @@ def _prepare(args):
         jax.config.update("jax_enable_x64", True)
     from .presets import get_preset
 
-    if _unknown_method(args.method):
-        return None
     try:
+        entry = load_method_entry(args.method)
         setup = get_preset(args.preset or args.model, n_cycles=args.cycles)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return None
     key_method, key_run = jax.random.split(jax.random.key(args.seed))
-    return setup, key_method, key_run
+    return entry, setup, key_method, key_run
 
 
 def _cmd_twin(args) -> int:
@@ -239,9 +268,9 @@ def _cmd_twin(args) -> int:
     prepared = _prepare(args)
     if prepared is None:
         return 2
-    setup, key_method, key_run = prepared
+    entry, setup, key_method, key_run = prepared
     try:
-        method = METHODS[args.method].build(setup, args, key_method)
+        method = entry.build(setup, args, key_method)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -274,9 +303,9 @@ def _cmd_sweep(args) -> int:
     prepared = _prepare(args)
     if prepared is None:
         return 2
-    setup, key_method, key_run = prepared
+    entry, setup, key_method, key_run = prepared
     try:
-        make_method, defaults = METHODS[args.method].factory(setup, args, key_method)
+        make_method, defaults = entry.factory(setup, args, key_method)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -322,7 +351,9 @@ def _add_common(parser: argparse.ArgumentParser, default_method: str) -> None:
     parser.add_argument("--model", default="lorenz96", help="model name (see `kalmax list`); default lorenz96")
     parser.add_argument("--preset", default=None, help="preset name (overrides --model)")
     parser.add_argument(
-        "--method", default=default_method, help=f"method name (see `kalmax list`); default {default_method}"
+        "--method", default=default_method,
+        help=f"method name (see `kalmax list`), or a method of your own as MODULE:FACTORY or FILE.py:FACTORY "
+             f"(docs/extending.md); default {default_method}"
     )
     parser.add_argument("--cycles", type=int, default=1000, help="number of assimilation cycles")
     parser.add_argument("--burn-in", type=int, default=None, help="cycles left out of the averages (default: preset's)")
