@@ -80,13 +80,11 @@ import argparse
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -143,38 +141,6 @@ SWEEP_RAD = [1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0]
 # ======================================================================================
 
 
-def timed(fn, repeats: int, first_separate: bool, max_total_s: float | None = None):
-    """Wall and CPU time of `fn()` (as in bench_twin.py).
-
-    With `first_separate` (JAX: compilation) the first call is reported on its
-    own and the medians are over `repeats` further calls; otherwise the medians
-    are over `repeats` calls in all. `max_total_s` stops repeating early (at
-    least one timed call is always made). Returns (timings dict, last output).
-    """
-    walls, cpus, out, first = [], [], None, None
-    n = repeats + (1 if first_separate else 0)
-    spent = 0.0
-    for i in range(n):
-        w0, c0 = time.perf_counter(), time.process_time()
-        out = common._block(fn())
-        wall, cpu = time.perf_counter() - w0, time.process_time() - c0
-        if first_separate and i == 0:
-            first = {"wall_s": wall, "cpu_s": cpu}
-            continue
-        walls.append(wall)
-        cpus.append(cpu)
-        spent += wall
-        if max_total_s is not None and spent > max_total_s:
-            break
-    result = {"median_s": statistics.median(walls), "min_s": min(walls), "median_cpu_s": statistics.median(cpus),
-              "min_cpu_s": min(cpus), "times": walls, "cpu_times": cpus, "repeats": len(walls),
-              "load": [round(x, 2) for x in os.getloadavg()]}  # fmt: skip
-    if first is not None:
-        result.update(first_s=first["wall_s"], first_cpu_s=first["cpu_s"],
-                      compile_s=max(first["wall_s"] - result["median_s"], 0.0))  # fmt: skip
-    return result, out
-
-
 def timed_per_unit(fn, units: int, repeats: int, min_call_s: float = 0.2, max_total_s: float | None = None,
                    warm: bool = True):
     """Per-unit wall and CPU time of `fn()`, which does `units` units of work (cycles, iterations).
@@ -197,7 +163,7 @@ def timed_per_unit(fn, units: int, repeats: int, min_call_s: float = 0.2, max_to
             result = fn()
         return result
 
-    timing, out = timed(many, repeats, first_separate=False, max_total_s=max_total_s)
+    timing, out = common.timed(many, repeats, first_separate=False, max_total_s=max_total_s)
     timing.update(per_unit_s=timing["median_s"] / (inner * units), per_unit_cpu_s=timing["median_cpu_s"] / (inner * units),
                   calls_per_measurement=inner)  # fmt: skip
     return timing, out
@@ -374,7 +340,7 @@ def dapper_run(job) -> dict:
             xps.append(xp)
             return xp
 
-        timing, xp = timed(run, job["repeats"], first_separate=False)
+        timing, xp = common.timed(run, job["repeats"], first_separate=False)
         mu_a = np.array(xp.stats.mu.a)
         np.savez(out_path, mu_a=mu_a, E0=captured["E0"])
         same = all(np.array_equal(np.array(x.stats.mu.a), mu_a) for x in xps)
@@ -386,7 +352,7 @@ def dapper_run(job) -> dict:
         dpr.set_seed(job["run_seed"])
         return _dapper_bare(hmm, yy, spec, forecast_only=job["mode"] == "forecast")
 
-    timing, mu_a = timed(run_bare, job["repeats"], first_separate=False)
+    timing, mu_a = common.timed(run_bare, job["repeats"], first_separate=False)
     res = dict(timing=timing, cycles=cycles)
     if job["mode"] == "bare" and out_path.exists():
         ref = np.load(out_path)["mu_a"]
@@ -450,7 +416,7 @@ def dapper_scaling(job) -> dict:
             per_cycle.clear()
             return _dapper_bare(hmm, yy, spec, forecast_only=mode == "forecast", cycle_times=per_cycle)
 
-        timing, _ = timed(run, job["repeats"], first_separate=False)
+        timing, _ = common.timed(run, job["repeats"], first_separate=False)
         # the median cycle: robust to one-time costs of the first cycle (lazy imports, caches)
         timing["median_cycle_cpu_s"] = float(np.median(per_cycle))
         timing["cycle_cpu_times"] = per_cycle
@@ -706,7 +672,7 @@ def kalmax_speed(job) -> dict:
         def run():
             return kx.assimilate(setup.model, build_method(spec, job["nx"]), ys, assimilate_key)[1].mean
 
-    timing, out = timed(run, job["repeats"], first_separate=True, max_total_s=job.get("max_total_s"))
+    timing, out = common.timed(run, job["repeats"], first_separate=True, max_total_s=job.get("max_total_s"))
     extra = {}
     if mode == "twin":
         extra["rmse_a"] = float(out.rmse_analysis)
@@ -975,16 +941,7 @@ JOBS = {
 
 
 def worker() -> None:
-    jobs = json.loads(sys.stdin.read())
-    for job in jobs:
-        common.emit(common.START, job["id"])
-        result = dict(job)
-        try:
-            result.update(status="ok", **JOBS[job["kind"]](job))
-        except Exception as e:  # noqa: BLE001 - report and go on with the next job
-            traceback.print_exc()
-            result.update(status="error", error=f"{type(e).__name__}: {str(e)[:300]}")
-        common.emit(common.RESULT, result)
+    common.serve_jobs(JOBS)
 
 
 # ======================================================================================
@@ -992,25 +949,9 @@ def worker() -> None:
 # ======================================================================================
 
 
-def _env(extra: dict | None = None) -> dict:
-    env = dict(os.environ)
-    env.update(extra or {})
-    env.setdefault("PYTHONWARNINGS", "ignore")
-    env["JAX_ENABLE_X64"] = "1"
-    env.setdefault("MPLBACKEND", "Agg")
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[var] = "1"
-    return env
-
-
 def run_group(args, jobs, label="", env: dict | None = None):
     """Run `jobs` in one worker process (a fresh one after a timeout/crash); return results by id."""
-    out = {}
-    with open(args.workdir / "workers.log", "a") as log:
-        for r in common.run_jobs(Path(__file__), jobs, _env(env), args.timeout, log, label):
-            out[r["id"]] = r
-            print("  " + _progress(r), flush=True)
-    return out
+    return common.run_group(Path(__file__), jobs, common.worker_env(True, env), args.timeout, args.workdir, _progress, label)
 
 
 def _progress(r) -> str:
@@ -1268,21 +1209,11 @@ def accuracy_rows(res) -> list[dict]:
     return rows
 
 
-def report(args, machine, res) -> tuple[str, dict]:
-    L = []
-    q = args.quick
-    quick = " (QUICK MODE: short runs, few seeds; not the accuracy targets)" if q else ""
-    L.append(f"# Ensemble Kalman filters: kalmax against DAPPER{quick}\n")
-    L.append("Generated by `benchmarks/bench_ensemble.py`" + (" --quick" if q else "")
-             + "; the method notes are in its docstring. Float64 throughout; one OpenBLAS/OMP thread in every "
-             "process (DAPPER forces it; kalmax's CPU LAPACK calls use the same OpenBLAS).\n")  # fmt: skip
-    L.append("## Machine\n")
-    L.append(common.machine_markdown(machine, shared_note=(
-        "the machine (2 cores) was shared with colleagues' jobs while this ran (see the load averages): wall "
-        "times are noisy and can exceed CPU times by 2-3x when the cores are busy; the tables give both, and "
-        "the ratios are computed from process CPU times unless marked 'wall'")))  # fmt: skip
-    L.append("")
+def _report_accuracy(L: list, args, res):
+    """Section 1: long kalmax runs against the published RMSE.
 
+    Appends its lines to `L`; returns what the summary keeps.
+    """
     # 1. accuracy ---------------------------------------------------------------------------
     acc = accuracy_rows(res)
     L.append("## 1. Accuracy: long kalmax runs against the published RMSE\n")
@@ -1320,7 +1251,14 @@ def report(args, machine, res) -> tuple[str, dict]:
              "means) on its own simulations (seeds 1.., the set-up's module HMM with Ko set), for context: the "
              "published values come from other runs, and Lorenz-63 in particular varies a lot between seeds.")
     L.append("")
+    return acc
 
+
+def _report_reproduction(L: list, args, res):
+    """Section 2: exact reproduction of DAPPER's runs.
+
+    Appends its lines to `L`; returns what the summary keeps.
+    """
     # 2. reproduction ---------------------------------------------------------------------------
     L.append("## 2. Exact reproduction of DAPPER's runs (same truth, observations and initial ensemble)\n")
     L.append(f"DAPPER 1.7.1 simulates Lorenz-96 (sakov2008, `dpr.set_seed({args.dapper_seed})`, Ko = {args.ko_repro}: "
@@ -1403,7 +1341,15 @@ def report(args, machine, res) -> tuple[str, dict]:
             L.append("")
     else:
         L.append(f"PertObs reproduction job: {(pr_ or {}).get('status', 'missing')} {(pr_ or {}).get('error', '')}\n")
+    return repro_rows, pert_rows
 
+
+def _report_speed_a(L: list, args, res):
+    """Section 3a: the Lorenz-96 ETKF side by side with DAPPER.
+
+    Appends its lines to `L`; returns what the summary keeps.
+    """
+    get = lambda k: res.get(k) if _ok(res.get(k)) else None  # noqa: E731
     # 3a. speed ---------------------------------------------------------------------------------
     L.append("## 3. Speed, side by side with DAPPER\n")
     get = lambda k: res.get(k) if _ok(res.get(k)) else None  # noqa: E731
@@ -1462,7 +1408,15 @@ def report(args, machine, res) -> tuple[str, dict]:
     if ds:
         L.append(f"Target: kalmax at most 1/{SPEED_TARGET:.0f} of DAPPER's time at equal rmse. " + _speed_a_verdict(speed_a, ds))
         L.append("")
+    return speed_a
 
+
+def _report_speed_b(L: list, args, res):
+    """Section 3b: the LETKF at d = 1,000.
+
+    Appends its lines to `L`; returns what the summary keeps.
+    """
+    get = lambda k: res.get(k) if _ok(res.get(k)) else None  # noqa: E731
     # 3b. LETKF d=1000 ------------------------------------------------------------------
     L.append("### (b) LETKF, Lorenz-96 d = 1,000, N = 20 (loc_rad 4, infl 1.04, no rotation), time per cycle\n")
     bs, bb, bf = get("dapper/speed-b/stats"), get("dapper/speed-b/bare"), get("dapper/speed-b/forecast")
@@ -1498,7 +1452,16 @@ def report(args, machine, res) -> tuple[str, dict]:
         L.append(f"Target <= 1/{SPEED_TARGET:.0f} of DAPPER's time per cycle: kalmax bare is {r1:.1f}x, twin "
                  f"{_f(r2, 1)}x faster than DAPPER with stats (CPU): "
                  f"{'met' if r1 >= SPEED_TARGET else 'MISSED'} (see the profile below).\n")  # fmt: skip
+    return speed_b
 
+
+def _report_scaling(L: list, args, res):
+    """Section 3c: time per cycle, forecast share and memory over d and N.
+
+    Appends its lines to `L`; returns what the summary keeps.
+    """
+    get = lambda k: res.get(k) if _ok(res.get(k)) else None  # noqa: E731
+    q = args.quick
     # 3c. scaling -------------------------------------------------------------------------
     L.append("### (c) Scaling: time per cycle, forecast share, peak memory\n")
     L.append("kalmax, each cell in a fresh process, `jax.jit(run).lower(E0, ys).compile()` of "
@@ -1553,7 +1516,15 @@ def report(args, machine, res) -> tuple[str, dict]:
         L.append("")
     L.append(_memory_notes(scaling))
     L.append("")
+    return scaling
 
+
+def _report_sweep(L: list, args, res):
+    """Section 3d: the vmapped sweep against one run after another.
+
+    Appends its lines to `L`; returns what the summary keeps.
+    """
+    get = lambda k: res.get(k) if _ok(res.get(k)) else None  # noqa: E731
     # 3d. sweep --------------------------------------------------------------------------
     L.append("### (d) A sweep of 64 settings x 8 seeds in one vmapped call vs one after another\n")
     sw = get("kalmax/sweep")
@@ -1595,7 +1566,15 @@ def report(args, machine, res) -> tuple[str, dict]:
     else:
         r = res.get("kalmax/sweep") or {}
         L.append(f"sweep job: {r.get('status', 'missing')} {r.get('error', '')}\n")
+    return sweep_sum
 
+
+def _report_profile(L: list, args, res):
+    """Section 4: what one kalmax cycle costs.
+
+    Appends its lines to `L`; returns what the summary keeps.
+    """
+    get = lambda k: res.get(k) if _ok(res.get(k)) else None  # noqa: E731
     # 4. profile -----------------------------------------------------------------------
     L.append("## 4. Profile: what one kalmax cycle costs\n")
     pr = get("kalmax/profile")
@@ -1615,6 +1594,31 @@ def report(args, machine, res) -> tuple[str, dict]:
                  f"{pr['letkf_plan']['neighbours_per_block']} neighbours each):\n")  # fmt: skip
         L.append(common.markdown_table(["variant", "cpu per cycle", "wall"], rows))
         L.append("")
+    return pr
+
+
+def report(args, machine, res) -> tuple[str, dict]:
+    """The markdown report and the summary of a run: the header, then one function per section."""
+    L = []
+    q = args.quick
+    quick = " (QUICK MODE: short runs, few seeds; not the accuracy targets)" if q else ""
+    L.append(f"# Ensemble Kalman filters: kalmax against DAPPER{quick}\n")
+    L.append("Generated by `benchmarks/bench_ensemble.py`" + (" --quick" if q else "")
+             + "; the method notes are in its docstring. Float64 throughout; one OpenBLAS/OMP thread in every "
+             "process (DAPPER forces it; kalmax's CPU LAPACK calls use the same OpenBLAS).\n")  # fmt: skip
+    L.append("## Machine\n")
+    L.append(common.machine_markdown(machine, shared_note=(
+        "the machine (2 cores) was shared with colleagues' jobs while this ran (see the load averages): wall "
+        "times are noisy and can exceed CPU times by 2-3x when the cores are busy; the tables give both, and "
+        "the ratios are computed from process CPU times unless marked 'wall'")))  # fmt: skip
+    L.append("")
+    acc = _report_accuracy(L, args, res)
+    repro_rows, pert_rows = _report_reproduction(L, args, res)
+    speed_a = _report_speed_a(L, args, res)
+    speed_b = _report_speed_b(L, args, res)
+    scaling = _report_scaling(L, args, res)
+    sweep_sum = _report_sweep(L, args, res)
+    pr = _report_profile(L, args, res)
     L.append("## Notes\n")
     L.append(_notes(res, acc, speed_a, speed_b, scaling, sweep_sum, pr))
     L.append("")

@@ -64,13 +64,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import statistics
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -117,39 +114,6 @@ REPRO_TOL = 1e-8  # max abs difference of the 3DVAR analysis means (float64)
 # ======================================================================================
 # timing (worker side)
 # ======================================================================================
-
-
-def timed(fn, repeats: int, first_separate: bool):
-    """Wall and CPU time of `fn()`.
-
-    With `first_separate` (JAX: compilation) the first call is reported on its
-    own and the medians are over `repeats` further calls; otherwise (NumPy) the
-    medians are over `repeats` calls in all. Returns (timings dict, last output).
-    """
-    walls, cpus, out = [], [], None
-    first = None
-    n = repeats + (1 if first_separate else 0)
-    for i in range(n):
-        w0, c0 = time.perf_counter(), time.process_time()
-        out = common._block(fn())
-        wall, cpu = time.perf_counter() - w0, time.process_time() - c0
-        if first_separate and i == 0:
-            first = {"wall_s": wall, "cpu_s": cpu}
-            continue
-        walls.append(wall)
-        cpus.append(cpu)
-    result = {
-        "median_s": statistics.median(walls),
-        "min_s": min(walls),
-        "median_cpu_s": statistics.median(cpus),
-        "times": walls,
-        "cpu_times": cpus,
-        "repeats": len(walls),
-    }
-    if first is not None:
-        result.update(first_s=first["wall_s"], first_cpu_s=first["cpu_s"],
-                      compile_s=max(first["wall_s"] - result["median_s"], 0.0))  # fmt: skip
-    return result, out
 
 
 # ======================================================================================
@@ -246,7 +210,7 @@ def dapper_run(job) -> dict:
             xps.append(xp)
             return xp
 
-        timing, xp = timed(run, job["repeats"], first_separate=False)
+        timing, xp = common.timed(run, job["repeats"], first_separate=False)
         mu_a = np.array(xp.stats.mu.a)
         saved = dict(mu_a=mu_a)
         if method == "3dvar":  # the B DAPPER's Var3D builds (same two lines as its source)
@@ -259,7 +223,7 @@ def dapper_run(job) -> dict:
                     repeat_runs_identical=bool(same_runs), da_method=repr(xp))  # fmt: skip
     bare = _var3d_bare if method == "3dvar" else _extkf_bare
     param = spec["xB"] if method == "3dvar" else spec["infl"]
-    timing, mu_a = timed(lambda: bare(hmm, xx, yy, param), job["repeats"], first_separate=False)
+    timing, mu_a = common.timed(lambda: bare(hmm, xx, yy, param), job["repeats"], first_separate=False)
     ref = np.load(out_path)["mu_a"]
     return dict(timing=timing, bit_identical_to_stats_run=bool(np.array_equal(mu_a, ref)),
                 max_abs_diff_to_stats_run=float(np.max(np.abs(mu_a - ref))))  # fmt: skip
@@ -396,7 +360,7 @@ def kalmax_speed(job) -> dict:
         def run():
             return kx.assimilate(setup.model, build(), ys)
 
-    timing, out = timed(run, job["repeats"], first_separate=True)
+    timing, out = common.timed(run, job["repeats"], first_separate=True)
     extra = {}
     if mode == "twin":
         extra["rmse_a"] = float(out.rmse_analysis)
@@ -445,16 +409,7 @@ JOBS = {
 
 
 def worker() -> None:
-    jobs = json.loads(sys.stdin.read())
-    for job in jobs:
-        common.emit(common.START, job["id"])
-        result = dict(job)
-        try:
-            result.update(status="ok", **JOBS[job["kind"]](job))
-        except Exception as e:  # noqa: BLE001 - report and go on with the next job
-            traceback.print_exc()
-            result.update(status="error", error=f"{type(e).__name__}: {str(e)[:300]}")
-        common.emit(common.RESULT, result)
+    common.serve_jobs(JOBS)
 
 
 # ======================================================================================
@@ -462,27 +417,10 @@ def worker() -> None:
 # ======================================================================================
 
 
-def _env(blas: str) -> dict:
-    env = dict(os.environ)
-    env.setdefault("PYTHONWARNINGS", "ignore")
-    env["JAX_ENABLE_X64"] = "1"
-    env.setdefault("MPLBACKEND", "Agg")
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        if blas == "1":
-            env[var] = "1"
-        else:
-            env.pop(var, None)
-    return env
-
-
 def run_group(args, jobs, blas="1", label=""):
     """Run `jobs` in one worker process (a fresh one after a timeout/crash); return results by id."""
-    out = {}
-    with open(args.workdir / "workers.log", "a") as log:
-        for r in common.run_jobs(Path(__file__), jobs, _env(blas), args.timeout, log, label):
-            out[r["id"]] = r
-            print("  " + _progress(r), flush=True)
-    return out
+    return common.run_group(Path(__file__), jobs, common.worker_env(blas == "1"), args.timeout, args.workdir,
+                            _progress, label)
 
 
 def _progress(r) -> str:

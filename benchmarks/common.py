@@ -90,6 +90,83 @@ def emit(tag: str, payload) -> None:
     sys.stdout.flush()
 
 
+def timed(fn, repeats: int, first_separate: bool, max_total_s: float | None = None):
+    """Wall and CPU time of `fn()` (a NumPy or a JAX function; JAX outputs are waited for).
+
+    With `first_separate` (JAX: compilation) the first call is reported on its
+    own and the medians are over `repeats` further calls; otherwise the medians
+    are over `repeats` calls in all. `max_total_s` stops repeating early (at
+    least one timed call is always made). Returns (timings dict, last output).
+    """
+    walls, cpus, out, first = [], [], None, None
+    n = repeats + (1 if first_separate else 0)
+    spent = 0.0
+    for i in range(n):
+        w0, c0 = time.perf_counter(), time.process_time()
+        out = _block(fn())
+        wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+        if first_separate and i == 0:
+            first = {"wall_s": wall, "cpu_s": cpu}
+            continue
+        walls.append(wall)
+        cpus.append(cpu)
+        spent += wall
+        if max_total_s is not None and spent > max_total_s:
+            break
+    result = {"median_s": statistics.median(walls), "min_s": min(walls), "median_cpu_s": statistics.median(cpus),
+              "min_cpu_s": min(cpus), "times": walls, "cpu_times": cpus, "repeats": len(walls),
+              "load": [round(x, 2) for x in os.getloadavg()]}  # fmt: skip
+    if first is not None:
+        result.update(first_s=first["wall_s"], first_cpu_s=first["cpu_s"],
+                      compile_s=max(first["wall_s"] - result["median_s"], 0.0))  # fmt: skip
+    return result, out
+
+
+def serve_jobs(jobs_table: dict) -> None:
+    """The worker side of `run_jobs`: read a JSON list of jobs from stdin and run each with
+    `jobs_table[job["kind"]](job)` (a dict of results), emitting START and RESULT lines;
+    an exception is reported as the job's error and the next job runs."""
+    import traceback
+
+    jobs = json.loads(sys.stdin.read())
+    for job in jobs:
+        emit(START, job["id"])
+        result = dict(job)
+        try:
+            result.update(status="ok", **jobs_table[job["kind"]](job))
+        except Exception as e:  # noqa: BLE001 - report and go on with the next job
+            traceback.print_exc()
+            result.update(status="error", error=f"{type(e).__name__}: {str(e)[:300]}")
+        emit(RESULT, result)
+
+
+def worker_env(one_blas_thread: bool = True, extra: dict | None = None) -> dict:
+    """The environment of a worker process: float64 JAX, no warnings, a headless matplotlib,
+    and one OpenBLAS/OMP/MKL thread (or the libraries' defaults with `one_blas_thread=False`)."""
+    env = dict(os.environ)
+    env.update(extra or {})
+    env.setdefault("PYTHONWARNINGS", "ignore")
+    env["JAX_ENABLE_X64"] = "1"
+    env.setdefault("MPLBACKEND", "Agg")
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        if one_blas_thread:
+            env[var] = "1"
+        else:
+            env.pop(var, None)
+    return env
+
+
+def run_group(script: Path, jobs: list[dict], env: dict, timeout_s: float, workdir: Path, progress, label: str = ""):
+    """Run `jobs` in one worker process of `script` (a fresh one after a timeout or crash),
+    logging to workdir/workers.log and printing `progress(result)` per job; results by id."""
+    out = {}
+    with open(workdir / "workers.log", "a") as log:
+        for r in run_jobs(script, jobs, env, timeout_s, log, label):
+            out[r["id"]] = r
+            print("  " + progress(r), flush=True)
+    return out
+
+
 # -- guarded workers (parent side) -----------------------------------------------------
 
 

@@ -105,7 +105,26 @@ def model_at(model, n):
     )
 
 
-class LinearGaussianSSM(eqx.Module):
+class AbstractStateSpaceModel(eqx.Module):
+    """What every state-space model shares: its dtype and its time axis (`TimeVarying` fields)."""
+
+    init_mean: eqx.AbstractVar[Float[Array, " dx"]]
+
+    @property
+    def dtype(self):
+        return self.init_mean.dtype
+
+    @property
+    def n_times(self) -> int | None:
+        """Number of cycles fixed by `TimeVarying` fields, or None if time-invariant."""
+        return n_times(self)
+
+    def at(self, n):
+        """The model of cycle n (every `TimeVarying` field replaced by its n-th value)."""
+        return model_at(self, n)
+
+
+class LinearGaussianSSM(AbstractStateSpaceModel):
     """Linear-Gaussian state-space model (every array a differentiable leaf).
 
         v_{n+1} = dynamics v_n + dynamics_offset + xi_n,   xi_n  ~ N(0, dynamics_cov)
@@ -230,19 +249,6 @@ class LinearGaussianSSM(eqx.Module):
     def obs_dim(self) -> int:
         return step_shape(self.observation)[0]
 
-    @property
-    def dtype(self):
-        return self.init_mean.dtype
-
-    @property
-    def n_times(self) -> int | None:
-        """Number of cycles fixed by `TimeVarying` fields, or None if time-invariant."""
-        return n_times(self)
-
-    def at(self, n) -> LinearGaussianSSM:
-        """The model of cycle n (every `TimeVarying` field replaced by its n-th value)."""
-        return model_at(self, n)
-
     # -- the pieces a filter needs, for one (time-invariant) cycle ---------------------
 
     def predict_mean(self, mean: Float[Array, " dx"]) -> Float[Array, " dx"]:
@@ -272,7 +278,7 @@ class LinearDynamics(AbstractEnsembleDynamics):
         return out if self.offset is None else out + self.offset
 
 
-class StateSpaceModel(eqx.Module):
+class StateSpaceModel(AbstractStateSpaceModel):
     """A (possibly nonlinear) state-space model for one state; methods vmap it.
 
         v_{n+1} = Psi(v_n) + xi_n,       xi_n ~ N(0, Sigma)
@@ -345,17 +351,6 @@ class StateSpaceModel(eqx.Module):
     @property
     def obs_dim(self) -> int:
         return self.observation.obs_dim
-
-    @property
-    def dtype(self):
-        return self.init_mean.dtype
-
-    @property
-    def n_times(self) -> int | None:
-        return n_times(self)
-
-    def at(self, n) -> StateSpaceModel:
-        return model_at(self, n)
 
     def observe(self, state):
         """h(v) for one state (dx,)."""
