@@ -1,9 +1,19 @@
-"""The contract every inversion method follows, and the ensemble algebra they share.
+"""The contract every inversion method keeps, and what the ensemble methods share.
+
+An inversion method is an `equinox.Module` whose fields are its
+hyperparameters, with pure methods, as a filter is (kalmax.filters.base):
 
     state = method.init(problem, key)                        # from the prior
     points = method.ask(state)                               # (n, d) physical parameters to evaluate
     state = method.tell(problem, state, outputs, key)        # outputs: (n, p) forward runs
     state = method.step(problem, state, key)                 # ask + evaluate G inside jit + tell
+
+`kx.invert` (and `kx.invert_external`) owns the loop over iterations and
+reports why it ended with a code of `kalmax.RESULTS`. Capabilities are
+declared by the type: the class variable `needs_key` (whether `tell` draws
+random numbers, so that a key is required: the filters' `stochastic`, named
+apart from EKI's own `stochastic` field), `final_time()` (where a run ends by
+itself), `enough_successes` (how many forward runs must succeed).
 
 A method's state keeps, besides its ensemble (or mean and covariance), the
 algorithmic time t_n, the iteration count, and diagnostics of the last
@@ -20,6 +30,7 @@ successful members, drawn from their deviations (no matrix square root).
 from __future__ import annotations
 
 import abc
+import math
 from typing import ClassVar
 
 import equinox as eqx
@@ -75,8 +86,16 @@ class EnsembleInversionState(eqx.Module):
 
 
 class AbstractInversion(eqx.Module):
-    """Base of inversion methods: `init`, `ask`, `tell`, `step` and the summaries `invert` records."""
+    """An inversion method: `init`, `ask`, `tell` (abstract), `step`, and the summaries `invert`
+    records (see the module docstring).
 
+    Class variables:
+        needs_key: whether `tell` draws random numbers (perturbations, redraws of failed members),
+            so that `invert` requires a key. Default True.
+        success_requirement: what `enough_successes` asks, in words (for error messages).
+    """
+
+    needs_key: ClassVar[bool] = True
     success_requirement: ClassVar[str] = "at least two successful forward runs are needed to update"
 
     @abc.abstractmethod
@@ -97,12 +116,13 @@ class AbstractInversion(eqx.Module):
     def summary(self, state) -> tuple[Float[Array, " d"], Float[Array, " d"], Float[Array, " d"]]:
         """(mean of u, marginal variances of u, physical mean) of a state."""
 
+    @abc.abstractmethod
     def n_points(self, problem: InverseProblem) -> int:
-        return self.ensemble_size
+        """How many forward runs one iteration asks for."""
 
-    def requires_key(self) -> bool:
-        """Whether `tell` needs a PRNG key (ensemble methods: perturbations and redraws of failed members)."""
-        return True
+    def final_time(self) -> float:
+        """The algorithmic time at which a run ends by itself (inf: never). Default: never."""
+        return math.inf
 
     def enough_successes(self, failures) -> jax.Array:
         """Whether enough forward runs succeeded to update (ensembles: at least two)."""

@@ -79,6 +79,13 @@ class AbstractEnsembleInversion(AbstractInversion):
     def evaluation_points(self, state):
         return state.members
 
+    def n_points(self, problem: InverseProblem) -> int:
+        return self.ensemble_size
+
+    def final_time(self) -> float:
+        """The scheduler's final time (finite for finite-time EKI)."""
+        return self.scheduler.final_time
+
     def checked_outputs(self, problem: InverseProblem, state: EnsembleInversionState, outputs, key, failures):
         """`tell`'s argument checks: (outputs (J, p), per-member failure codes (J,))."""
         if key is None:

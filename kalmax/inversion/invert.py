@@ -116,7 +116,7 @@ def _row(method, problem, state, outputs, failures):
 
 def _decide(method, problem, state, misfit, failures, n, n_limit, stop, adaptive):
     tol = 100 * jnp.finfo(problem.dtype).eps
-    final_time = method.scheduler.final_time if hasattr(method, "scheduler") else math.inf
+    final_time = method.final_time()
     mean = method.summary(state)[0]
     code = jnp.int32(RUNNING)
     if adaptive:
@@ -266,8 +266,7 @@ def invert(
 
 def is_adaptive(method, stop) -> bool:
     """Whether a run stops by a rule (discrepancy principle, finite time) rather than a step count."""
-    final_time = getattr(getattr(method, "scheduler", None), "final_time", math.inf)
-    return stop is not None or math.isfinite(final_time)
+    return stop is not None or math.isfinite(method.final_time())
 
 
 def check_run(problem, method, key, n_steps, stop, max_steps) -> None:
@@ -287,7 +286,7 @@ def check_run(problem, method, key, n_steps, stop, max_steps) -> None:
             "give `n_steps`, a stopping rule (`stop=DiscrepancyPrinciple()`), or a scheduler with a final time "
             "(e.g. DataMisfitController()): otherwise the run has no end"
         )
-    if key is None and method.requires_key():
+    if key is None and method.needs_key:
         raise ValueError(f"{type(method).__name__} needs a `key` (initial ensemble, perturbations, redraws)")
 
 

@@ -165,6 +165,7 @@ class UKI(AbstractInversion):
     methodology for inverse problems", J. Comput. Phys. 463:111262.
     """
 
+    needs_key: ClassVar[bool] = False
     success_requirement: ClassVar[str] = "every sigma point must succeed to update (a failed one cannot be redrawn)"
 
     alpha: Float[Array, ""] | float = 1.0
@@ -202,9 +203,6 @@ class UKI(AbstractInversion):
 
     def n_points(self, problem: InverseProblem) -> int:
         return 2 * problem.parameter_dim + 1
-
-    def requires_key(self) -> bool:
-        return False
 
     def enough_successes(self, failures) -> jax.Array:
         """Every sigma point must succeed: a failed sigma point cannot be redrawn."""

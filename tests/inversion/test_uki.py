@@ -141,7 +141,7 @@ def test_prior_imposed_fixed_point_is_the_exact_posterior():
         state = tell(problem, state, theta @ ref["H"].T)
     np.testing.assert_allclose(state.mean, result.history.mean[4], rtol=1e-12)
     np.testing.assert_allclose(np.diag(state.cov), result.history.variance[4], rtol=1e-12)
-    assert uki.n_points(problem) == 21 and not uki.requires_key()
+    assert uki.n_points(problem) == 21 and not uki.needs_key
 
 
 def test_without_prior_fixed_point_is_least_squares():
