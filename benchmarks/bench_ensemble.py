@@ -609,14 +609,19 @@ def _forecast_only(method):
     """`method` with an analysis that returns the forecast. The class is built once,
     lazily (it needs equinox), so that equal wrappers hit the same compiled run."""
     if not _FORECAST_ONLY:
-        import equinox as eqx
         import jax.numpy as jnp
 
         import kalmax as kx
 
-        class ForecastOnly(eqx.Module):
-            inner: object
-            stochastic = True
+        class ForecastOnly(kx.AbstractEnsembleFilter):
+            inner: kx.AbstractEnsembleFilter
+
+            @property
+            def ensemble_size(self):
+                return self.inner.ensemble_size
+
+            def prepare_model(self, model):
+                return self.inner.prepare_model(model)
 
             def init(self, model, key):
                 return self.inner.init(model, key)

@@ -80,14 +80,17 @@ def dapper_alone(dims, sizes, repeats: int) -> dict:
     return {(r["d"], r["N"]): r["dapper"] for r in rows}
 
 
-def dapper_worker(dims, sizes, repeats: int) -> list[dict]:
+def dapper_steps(members):
+    """`STEPS` forecasts with DAPPER's Lorenz-96 step, as its filters call it."""
     import dapper.mods.Lorenz96 as dapper_l96
-    import numpy as np
 
-    def dapper_steps(members):
-        for _ in range(STEPS):
-            members = dapper_l96.step(members, 0.0, DT)
-        return members
+    for _ in range(STEPS):
+        members = dapper_l96.step(members, 0.0, DT)
+    return members
+
+
+def dapper_worker(dims, sizes, repeats: int) -> list[dict]:
+    import numpy as np
 
     rows = []
     for d in dims:
@@ -117,11 +120,6 @@ def measure(dims, sizes, repeats: int) -> list[dict]:
 
     batched = repeated(lambda flow, members: flow.ensemble(members))
     vmapped = repeated(lambda flow, members: jax.vmap(flow)(members))
-
-    def dapper_steps(members):
-        for _ in range(STEPS):
-            members = dapper_l96.step(members, 0.0, DT)
-        return members
 
     rows = []
     for d in dims:

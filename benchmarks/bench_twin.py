@@ -256,7 +256,7 @@ def _dapper_linearised_ekf():
     import kalmax as kx
     from kalmax.models.integrators import rk4_step
 
-    class DapperLinearisedEKF(eqx.Module):
+    class DapperLinearisedEKF(kx.AbstractFilter):
         infl: float
         linearisation: str = eqx.field(static=True)
 

@@ -153,10 +153,13 @@ def assimilate(
         raise TypeError(f"`loop` must be a kalmax loop (SequentialScan, SteadyStateScan, ParallelScan); got {type(loop).__name__}")
     elif parallel:
         raise ValueError("give `parallel=True` or `loop`, not both (parallel=True is loop=kx.ParallelScan())")
-    method.check_model(model)
-    model = method.prepare_model(model)
+    # Hooks are called through the class: `module.method` builds an equinox bound-method
+    # pytree on every access (~25 us each), which is most of a short run's Python overhead.
+    kind = type(method)
+    kind.check_model(method, model)
+    model = kind.prepare_model(method, model)
     ys = check_observations(model, ys)
-    loop.check(model, method, init_state)
+    type(loop).check(loop, model, method, init_state)
     keys = None if key is None else jax.random.split(key, ys.shape[0] + 1)
     final, history = _run(model, method, ys, keys, save, unroll, init_state, loop)
     if throw:

@@ -172,7 +172,8 @@ def default_loop(model, method: AbstractFilter, parallel: bool) -> AbstractTimeL
     """The loop `assimilate` runs when none is given (see the module docstring)."""
     if parallel:
         return ParallelScan()
-    if isinstance(method, AbstractSteadyStateFilter) and method.uses_steady_state() and n_times(model) is None:
+    steady = isinstance(method, AbstractSteadyStateFilter) and type(method).uses_steady_state(method)
+    if steady and n_times(model) is None:
         return SteadyStateScan()
     return SequentialScan()
 

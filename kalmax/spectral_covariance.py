@@ -78,7 +78,6 @@ class AbstractSpectralCovariance(AbstractCovariance):
     `x` is a (n*n,) state or a (n*n, m) matrix of states (columns).
     """
 
-    grid_size: eqx.AbstractVar[int]
 
     @abc.abstractmethod
     def eigenvalues(self) -> Float[Array, "n n"]:

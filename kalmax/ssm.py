@@ -106,9 +106,13 @@ def model_at(model, n):
 
 
 class AbstractStateSpaceModel(eqx.Module):
-    """What every state-space model shares: its dtype and its time axis (`TimeVarying` fields)."""
+    """What every state-space model shares: its dtype and its time axis (`TimeVarying` fields).
 
-    init_mean: eqx.AbstractVar[Float[Array, " dx"]]
+    Subclasses have the field `init_mean` (dx,). (Required fields are documented rather than
+    declared as `eqx.AbstractVar`: under `from __future__ import annotations` equinox would
+    make such a declaration a field of the base.)
+    """
+
 
     @property
     def dtype(self):

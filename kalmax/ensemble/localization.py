@@ -100,8 +100,6 @@ class AbstractTaper(eqx.Module):
     the distance beyond which the taper is exactly zero (math.inf if never).
     """
 
-    radius: eqx.AbstractVar[Float[Array, ""]]
-    max_radius: eqx.AbstractVar[float | None]
 
     @abc.abstractmethod
     def shape(self, distance, radius, xp):

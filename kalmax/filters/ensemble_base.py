@@ -123,7 +123,6 @@ class AbstractEnsembleFilter(AbstractFilter):
     on the devices (`EnKF` with a `sharding`).
     """
 
-    ensemble_size: eqx.AbstractVar[int]
     stochastic: ClassVar[bool] = True  # the initial ensemble is drawn
 
     def prepare_model(self, model) -> StateSpaceModel:

@@ -61,8 +61,6 @@ class AbstractEnsembleInversion(AbstractInversion):
     Subclasses declare the fields `ensemble_size` (static int >= 2) and `scheduler`.
     """
 
-    ensemble_size: eqx.AbstractVar[int]
-    scheduler: eqx.AbstractVar[AbstractScheduler]
 
     def __check_init__(self):
         check_ensemble_size(self.ensemble_size)

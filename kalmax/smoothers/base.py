@@ -61,7 +61,7 @@ def smooth(model, smoother: AbstractSmoother, ys, key=None, *, throw: bool = Tru
         raise TypeError(f"`smoother` must be a kalmax smoother (e.g. kx.RTSSmoother()); got {type(smoother).__name__}")
     if smoother.stochastic and key is None:
         raise ValueError(f"`key` is required: {type(smoother).__name__} is stochastic; pass jax.random.key(seed)")
-    smoother.check_model(model)
+    type(smoother).check_model(smoother, model)  # through the class: no bound-method pytree per call
     ys = check_observations(model, ys)
     result = _run(model, smoother, ys, key)
     if throw:
