@@ -8,7 +8,7 @@ from . import datasets, experiments, inversion, loops, metrics, models, problems
 from .results import RESULTS, DivergenceError, InversionError, KalmaxError
 from .assimilate import assimilate, log_likelihood
 from .history import History, Save
-from .loops import AbstractTimeLoop, ParallelScan, SequentialScan, SteadyStateScan
+from .loops import AbstractTimeLoop, CheckpointedScan, ParallelScan, SequentialScan, SteadyStateScan
 from .covariance import (
     AbstractCovariance,
     DenseCovariance,
@@ -81,6 +81,7 @@ __all__ = [
     "AbstractSmoother",
     "AbstractSteadyStateFilter",
     "AbstractTimeLoop",
+    "CheckpointedScan",
     "ParallelScan",
     "RTSSmoother",
     "SequentialScan",

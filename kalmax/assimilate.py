@@ -150,7 +150,7 @@ def assimilate(
     if loop is None:
         loop = default_loop(model, method, parallel)
     elif not isinstance(loop, AbstractTimeLoop):
-        raise TypeError(f"`loop` must be a kalmax loop (SequentialScan, SteadyStateScan, ParallelScan); got {type(loop).__name__}")
+        raise TypeError(f"`loop` must be a kalmax loop (SequentialScan, SteadyStateScan, ParallelScan, CheckpointedScan); got {type(loop).__name__}")
     elif parallel:
         raise ValueError("give `parallel=True` or `loop`, not both (parallel=True is loop=kx.ParallelScan())")
     # Hooks are called through the class: `module.method` builds an equinox bound-method

@@ -13,6 +13,9 @@ scanned is a small Module, as diffrax's step-size controllers are:
   results are the same.
 - `ParallelScan()`: for an `AbstractParallelFilter`, the whole run as
   associative scans (O(log T) depth on accelerators).
+- `CheckpointedScan(chunk_size)`: the sequential scan with `jax.checkpoint`
+  per chunk of cycles, so that gradients through long runs need O(sqrt(T))
+  stored states instead of O(T); chosen explicitly (`loop=`).
 
 When `assimilate` is given no loop, it runs `ParallelScan` with
 `parallel=True`, else `SteadyStateScan` where the method declares that
@@ -43,14 +46,14 @@ def chunk_size(n_cycles: int) -> int:
     return min(CHUNK, n_cycles)
 
 
-def chunked_scan(chunk, carry, inputs, reverse: bool = False):
+def chunked_scan(chunk, carry, inputs, reverse: bool = False, size: int | None = None):
     """`lax.scan` of `chunk(carry, inputs_of_a_chunk) -> (carry, outputs_of_the_chunk)`
-    over chunks of `chunk_size(T)` cycles of `inputs` (arrays with T leading), in time
-    order or in reverse; returns the carry and the outputs with their T axis restored.
-    When the chunks do not tile T, the remainder is a last chunk in time (the first
-    one in reverse) and its outputs are concatenated."""
+    over chunks of `size` (default `chunk_size(T)`) cycles of `inputs` (arrays with T
+    leading), in time order or in reverse; returns the carry and the outputs with their T
+    axis restored. When the chunks do not tile T, the remainder is a last chunk in time
+    (the first one in reverse) and its outputs are concatenated."""
     n_cycles = jax.tree_util.tree_leaves(inputs)[0].shape[0]
-    size = chunk_size(n_cycles)
+    size = chunk_size(n_cycles) if size is None else min(int(size), n_cycles)
     n_chunks, rest = divmod(n_cycles, size)
     start = rest if reverse else 0
     tiled = jax.tree_util.tree_map(
@@ -90,6 +93,23 @@ class AbstractTimeLoop(eqx.Module):
         """The run over `ys` (T, dy): keys (T + 1,) or None (key 0 for `init`)."""
 
 
+def cycle_and_inputs(model, method: AbstractFilter, ys, keys, save):
+    """(cycle, inputs): the scan body of one cycle, `method.forecast` then
+    `method.analysis`, and its per-cycle inputs (time-varying fields, y, key, index)."""
+    varying, constant = split_time_varying(model)
+
+    def cycle(state, inputs):
+        varying_step, y, key, n = inputs
+        step_model = merge_time_step(varying_step, constant)
+        key_forecast, key_analysis = (None, None) if key is None else jax.random.split(key)
+        forecast = method.forecast(step_model, state, key_forecast)
+        analysis, info = method.analysis(step_model, forecast, y, key_analysis)
+        return analysis, save(forecast, analysis, info, n)
+
+    step_keys = None if keys is None else keys[1:]
+    return cycle, (varying, ys, step_keys, jnp.arange(ys.shape[0]))
+
+
 class SequentialScan(AbstractTimeLoop):
     """One `lax.scan`: each cycle `method.forecast` then `method.analysis`."""
 
@@ -97,19 +117,46 @@ class SequentialScan(AbstractTimeLoop):
         return None
 
     def run(self, model, method, init_state, ys, keys, save, unroll: int):
-        varying, constant = split_time_varying(model)
         state = initial_state(model, method, keys) if init_state is None else init_state
+        cycle, inputs = cycle_and_inputs(model, method, ys, keys, save)
+        return jax.lax.scan(cycle, state, inputs, unroll=unroll)
 
-        def cycle(state, inputs):
-            varying_step, y, key, n = inputs
-            step_model = merge_time_step(varying_step, constant)
-            key_forecast, key_analysis = (None, None) if key is None else jax.random.split(key)
-            forecast = method.forecast(step_model, state, key_forecast)
-            analysis, info = method.analysis(step_model, forecast, y, key_analysis)
-            return analysis, save(forecast, analysis, info, n)
 
-        step_keys = None if keys is None else keys[1:]
-        return jax.lax.scan(cycle, state, (varying, ys, step_keys, jnp.arange(ys.shape[0])), unroll=unroll)
+class CheckpointedScan(AbstractTimeLoop):
+    """The sequential scan in chunks of `chunk_size` cycles, each under `jax.checkpoint`:
+    reverse-mode differentiation (`jax.grad` of a loss over a long run) stores the filter
+    state at chunk boundaries only and recomputes the cycles of one chunk at a time, so the
+    memory of the residuals is O(T / c + c) filter states instead of O(T) (c = sqrt(T):
+    O(sqrt(T))), for about one more forward pass of compute (Griewank & Walther 2008,
+    "Evaluating Derivatives", ch. 12). The values equal `SequentialScan`'s; what
+    `save` keeps per cycle is still stored (use `kx.Save(mean=False)` for a loss).
+
+    Args:
+        chunk_size: cycles per checkpointed chunk (static int >= 1); None: round(sqrt(T)).
+    """
+
+    chunk_size: int | None = eqx.field(static=True, default=None)
+
+    def __check_init__(self):
+        if self.chunk_size is not None and (
+            isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) or self.chunk_size < 1
+        ):
+            raise ValueError(f"`chunk_size` must be a positive int or None; got {self.chunk_size!r}")
+
+    def check(self, model, method, init_state) -> None:
+        return None
+
+    def run(self, model, method, init_state, ys, keys, save, unroll: int):
+        state = initial_state(model, method, keys) if init_state is None else init_state
+        cycle, inputs = cycle_and_inputs(model, method, ys, keys, save)
+        n_cycles = ys.shape[0]
+        size = max(1, round(n_cycles**0.5)) if self.chunk_size is None else self.chunk_size
+
+        @jax.checkpoint
+        def chunk(carry, chunk_inputs):
+            return jax.lax.scan(cycle, carry, chunk_inputs, unroll=unroll)
+
+        return chunked_scan(chunk, state, inputs, size=size)
 
 
 class SteadyStateScan(AbstractTimeLoop):
@@ -180,10 +227,12 @@ def default_loop(model, method: AbstractFilter, parallel: bool) -> AbstractTimeL
 
 __all__ = [
     "AbstractTimeLoop",
+    "CheckpointedScan",
     "ParallelScan",
     "SequentialScan",
     "SteadyStateScan",
     "chunk_size",
     "chunked_scan",
+    "cycle_and_inputs",
     "default_loop",
 ]
