@@ -4,7 +4,7 @@ Public names are re-exported here explicitly; implementations live in modules
 named after what they hold.
 """
 
-from . import datasets, experiments, inversion, loops, metrics, models, problems, smoothers
+from . import datasets, experiments, inversion, learning, loops, metrics, models, problems, smoothers
 from .results import RESULTS, DivergenceError, InversionError, KalmaxError
 from .assimilate import assimilate, log_likelihood
 from .history import History, Save
