@@ -5,7 +5,7 @@ named after what they hold.
 """
 
 from . import datasets, experiments, inversion, learning, loops, metrics, models, problems, smoothers
-from .results import RESULTS, DivergenceError, InversionError, KalmaxError
+from .results import RESULTS, DivergenceError, InversionError, KalmaxError, LearningError
 from .assimilate import assimilate, log_likelihood
 from .history import History, Save
 from .loops import AbstractTimeLoop, CheckpointedScan, ParallelScan, SequentialScan, SteadyStateScan
@@ -155,6 +155,7 @@ __all__ = [
     "as_state_space_model",
     "DivergenceError",
     "KalmaxError",
+    "LearningError",
     "RESULTS",
     "Gaussian",
     "History",

@@ -8,7 +8,7 @@ integers (an `IntEnum`), so they live in int32 arrays inside `jit`, `vmap` and
 
 With `throw=True` a driver raises a subclass of `KalmaxError` naming what
 failed and where: `DivergenceError` (a filter or smoother cycle) or
-`InversionError` (an inversion run).
+`InversionError` (an inversion run), `LearningError` (a fit).
 """
 
 from __future__ import annotations
@@ -67,4 +67,8 @@ class InversionError(KalmaxError):
     """An inversion could not go on (too many failed members, or a non-finite ensemble)."""
 
 
-__all__ = ["RESULTS", "DivergenceError", "InversionError", "KalmaxError", "message"]
+class LearningError(KalmaxError):
+    """A fit could not go on: a non-finite loss or gradient (the message names the epoch and leaf)."""
+
+
+__all__ = ["RESULTS", "DivergenceError", "InversionError", "KalmaxError", "LearningError", "message"]
