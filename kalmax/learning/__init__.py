@@ -1,9 +1,14 @@
-"""Learning through filters: losses of the learned pytree `(model, method)` and a fitting loop."""
+"""Learning through filters: losses of the learned pytree `(model, method)`, a fitting loop,
+and constrained parameters."""
 
 from .fit import FitResult, fit, make_step
 from .losses import forecast_error, negative_log_likelihood, truncated_negative_log_likelihood
+from .parameters import AtLeast, CholeskyCovariance, Positive
 
 __all__ = [
+    "AtLeast",
+    "CholeskyCovariance",
+    "Positive",
     "FitResult",
     "fit",
     "forecast_error",
