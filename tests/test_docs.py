@@ -13,8 +13,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "extending.md"
 
 
-def _blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", PAGE.read_text(), flags=re.S)
+def _blocks(language: str, page: pathlib.Path = PAGE) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", page.read_text(), flags=re.S)
 
 
 def test_the_page_shows_the_example_file():
@@ -42,3 +42,13 @@ def test_the_command_lines_run():
                               capture_output=True, text=True, timeout=240)
         assert done.returncode == 0, done.stderr
         assert "rmse" in done.stdout
+
+
+def test_the_learning_page_runs_and_recovers_the_forcing(capsys):
+    page = ROOT / "docs" / "learning.md"
+    namespace: dict = {}
+    for block in _blocks("python", page):
+        exec(compile(block, str(page), "exec"), namespace)  # noqa: S102 - the page's own code
+    forcing = float(capsys.readouterr().out.splitlines()[0])
+    assert abs(forcing - 8.0) < 0.3
+    assert np.isfinite(float(namespace["loss"]))
