@@ -1,11 +1,18 @@
 """Learning through filters: losses of the learned pytree `(model, method)`, a fitting loop,
-and constrained parameters."""
+constrained parameters, and EM for linear-Gaussian models."""
 
+from .em import EM_FIELDS, EMResult, SufficientStatistics, e_step, em, m_step
 from .fit import FitResult, fit, make_step
 from .losses import forecast_error, negative_log_likelihood, truncated_negative_log_likelihood
 from .parameters import AtLeast, CholeskyCovariance, Positive
 
 __all__ = [
+    "EM_FIELDS",
+    "EMResult",
+    "SufficientStatistics",
+    "e_step",
+    "em",
+    "m_step",
     "AtLeast",
     "CholeskyCovariance",
     "Positive",
