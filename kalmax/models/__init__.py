@@ -24,6 +24,7 @@ from .integrators import (
 from .darcy import Darcy, garbuno_inigo_source, max_modes
 from .lorenz63 import Lorenz63
 from .lorenz96 import Lorenz96
+from .lorenz96_two_scale import Lorenz96Closure, Lorenz96TwoScale
 from .navier_stokes import NavierStokes2D, kolmogorov_forcing
 
 __all__ = [
@@ -39,6 +40,8 @@ __all__ = [
     "IntegratingFactorRK4",
     "Lorenz63",
     "Lorenz96",
+    "Lorenz96Closure",
+    "Lorenz96TwoScale",
     "NavierStokes2D",
     "kolmogorov_forcing",
     "rk4_step",
