@@ -39,6 +39,7 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 from .. import _checks
@@ -134,16 +135,23 @@ def _missing_moments(y, mean, second, observation, obs_offset, obs_cov):
     return y_mean, symmetrize(y_outer), y_state
 
 
-def e_step(model: LinearGaussianSSM, ys: Float[Array, "T dy"]) -> tuple[SufficientStatistics, Float[Array, ""]]:
+def e_step(
+    model: LinearGaussianSSM, ys: Float[Array, "T dy"], *, missing: bool | None = None
+) -> tuple[SufficientStatistics, Float[Array, ""]]:
     """Expected sufficient statistics of one sequence and its log-likelihood (module docstring).
 
     Args:
         model: the current `LinearGaussianSSM` (time-invariant).
         ys: (T, dy) observations y_1..y_T; NaN entries are missing.
+        missing: whether `ys` may hold NaN entries (static). False takes the
+            complete-data statistics y y^T directly (no per-cycle conditioning);
+            None decides from `ys` when it is concrete and assumes True when traced.
 
     Returns:
         (statistics, log p(y_{1:T})).
     """
+    if missing is None:
+        missing = not _checks.is_concrete(ys) or bool(np.isnan(np.asarray(ys)).any())
     smoothed = rts_smoother(model, ys, throw=False, steady_state=False)
     dtype = model.dtype
     states = jnp.concatenate([smoothed.init_mean[None], smoothed.mean])  # v_0..v_T
@@ -157,13 +165,17 @@ def e_step(model: LinearGaussianSSM, ys: Float[Array, "T dy"]) -> tuple[Sufficie
     dynamics_xx = _outer_sum(states[1:], covs[1:])
 
     current, current_covs = states[1:], covs[1:]
-    seconds = current_covs + current[:, :, None] * current[:, None, :]
-    obs_offset = _offset(model.obs_offset, model.observation.shape[0], dtype)
-    y_mean, y_outer, y_state = jax.vmap(_missing_moments, in_axes=(0, 0, 0, None, None, None))(
-        ys, current, seconds, model.observation, obs_offset, model.obs_cov
-    )
+    if missing:
+        seconds = current_covs + current[:, :, None] * current[:, None, :]
+        obs_offset = _offset(model.obs_offset, model.observation.shape[0], dtype)
+        y_mean, y_outer, y_state = jax.vmap(_missing_moments, in_axes=(0, 0, 0, None, None, None))(
+            ys, current, seconds, model.observation, obs_offset, model.obs_cov
+        )
+        y_state, y_sum, y_outer = y_state.sum(0), y_mean.sum(0), y_outer.sum(0)
+    else:
+        y_state, y_sum, y_outer = ys.T @ current, ys.sum(0), ys.T @ ys
     obs_zz = _augmented(_outer_sum(current, current_covs), current.sum(0), n_cycles)
-    obs_yz = jnp.concatenate([y_state.sum(0), y_mean.sum(0)[:, None]], axis=1)
+    obs_yz = jnp.concatenate([y_state, y_sum[:, None]], axis=1)
 
     statistics = SufficientStatistics(
         init_mean=smoothed.init_mean,
@@ -174,7 +186,7 @@ def e_step(model: LinearGaussianSSM, ys: Float[Array, "T dy"]) -> tuple[Sufficie
         dynamics_xx=dynamics_xx,
         obs_zz=obs_zz,
         obs_yz=obs_yz,
-        obs_yy=y_outer.sum(0),
+        obs_yy=y_outer,
         n_cycles=n_cycles,
     )
     return statistics, smoothed.log_likelihood
@@ -317,13 +329,14 @@ def em(
         >>> result.model.dynamics_cov, result.log_likelihood[-1]
     """
     ys, fixed = check_em_inputs(model, ys, fixed, n_iterations)
-    return _em_loop(model, ys, n_iterations, fixed)
+    missing = not _checks.is_concrete(ys) or bool(np.isnan(np.asarray(ys)).any())
+    return _em_loop(model, ys, n_iterations, fixed, missing)
 
 
 @eqx.filter_jit
-def _em_loop(model, ys, n_iterations, fixed):
+def _em_loop(model, ys, n_iterations, fixed, missing):
     def iteration(current, _):
-        statistics, log_likelihoods = jax.vmap(e_step, in_axes=(None, 0))(current, ys)
+        statistics, log_likelihoods = jax.vmap(lambda y: e_step(current, y, missing=missing))(ys)
         statistics = jax.tree_util.tree_map(lambda x: jnp.sum(x, axis=0), statistics)
         return m_step(current, statistics, fixed), jnp.sum(log_likelihoods)
 

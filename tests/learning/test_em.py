@@ -231,3 +231,15 @@ def test_bad_input_is_named():
                                    model.dynamics_cov, model.obs_cov, model.init_mean, model.init_cov)
     with pytest.raises(ValueError, match="dynamics.*TimeVarying"):
         em(varying, ys[0], 2)
+
+
+def test_complete_data_path_equals_the_conditioned_path():
+    from kalmax.learning import e_step
+
+    guess, ys = _problem(seed=4, T=30, B=1)
+    complete = np.nan_to_num(ys[0], nan=0.3)
+    fast, ll_fast = e_step(_to_model(guess), complete, missing=False)
+    general, ll_general = e_step(_to_model(guess), complete, missing=True)
+    for a, b in zip(jax.tree_util.tree_leaves(fast), jax.tree_util.tree_leaves(general)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(ll_fast, ll_general, rtol=1e-12)

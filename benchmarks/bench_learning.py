@@ -1,0 +1,593 @@
+"""Learning through filters: the experiments of issue 06, with peers where one exists.
+
+    .venv/bin/python benchmarks/bench_learning.py            # every experiment, full size
+    .venv/bin/python benchmarks/bench_learning.py --quick    # small sizes (minutes)
+    .venv/bin/python benchmarks/bench_learning.py --only em cost
+
+Experiments (each a section of benchmarks/results/learning.md, raw numbers in learning.json):
+
+- adenkf: AD-EnKF on Lorenz-96 (Chen, Sanz-Alonso & Willett 2022; torchEnKF's set-up):
+  d = 40, full observations every 0.05 with R = I, 4 sequences of 150 observations,
+  data simulated with F = 8 and model error Q = 0.1 I; an LETKF with N = 50 and
+  Gaspari-Cohn radius 5; truncated backpropagation with windows of L = 20; Adam(0.1),
+  150 epochs; learn F (from 6) and diag Q (from 1). Target: |F - 8| < 0.05 and every
+  diag Q within 30% of 0.1, in each of 4 seeds.
+- closure: the two-scale Lorenz-96 (K = 8, J = 32, h = 1, b = 10, c = 10, F = 20)
+  observed in X only (R = 0.1 I, every 0.05); an MLP closure of the one-scale model
+  learned through an ETKF. Targets: analysis RMSE within 15% of the ETKF on the true
+  two-scale model; free-forecast time to RMSE 1 at least twice the no-closure model's.
+- hyper: LETKF (d = 40, N = 10, R = I) inflation and radius learned by the gradient
+  of the ensemble log-likelihood against the best point of a `kx.sweep` grid (RMSE
+  within 5%); both costs.
+- em: `kx.learning.em` against dynamax's `fit_em` (dx = 4 and 32, T = 1,000, 50
+  iterations, same data and initial guess) and, on the Nile, EM and an optax fit
+  against statsmodels' maximum-likelihood estimate.
+- cost: value_and_grad of the negative log-likelihood against the forward run (KF,
+  ETKF, LETKF) and the memory of value_and_grad over 10,000 Lorenz-96 ETKF cycles
+  with and without checkpointing.
+
+Times are medians of several calls after compilation (wall and CPU time; this
+machine is shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import equinox as eqx  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+import kalmax as kx  # noqa: E402
+from kalmax.learning import AtLeast, Positive, em, fit, negative_log_likelihood  # noqa: E402
+from kalmax.learning import truncated_negative_log_likelihood  # noqa: E402
+from kalmax.models import RK4, Flow, Lorenz96, Lorenz96Closure, Lorenz96TwoScale, trajectory  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def timed(fn, repeats=5):
+    result, out = common.timed(fn, repeats, first_separate=True)
+    return result, out
+
+
+# ------------------------------------------------------------------ shared Lorenz-96 pieces
+
+
+def l96_model(forcing, dynamics_cov, init_mean, init_cov, obs_var=1.0, dim=40):
+    """Lorenz-96 observed everywhere every 0.05 (RK4, 5 steps of 0.01)."""
+    return kx.StateSpaceModel(
+        Flow(Lorenz96(dim, forcing), RK4(0.01, 5)), kx.IndexObservation(range(dim), dim), dynamics_cov,
+        kx.ScalarCovariance(obs_var, dim), init_mean, init_cov,
+    )
+
+
+def attractor_point(key, dim=40, forcing=8.0, spin=500):
+    x0 = forcing + jax.random.normal(key, (dim,))
+    return trajectory(Flow(Lorenz96(dim, forcing), RK4(0.01, 5)), x0, spin)[-1]
+
+
+def l96_sequences(key, n_sequences, n_obs, q_var, dim=40, forcing=8.0, obs_var=1.0):
+    """Truths (S, n_obs + 1, d) from the attractor, observations (S, n_obs, d), and a noisy
+    observation of each v_0 (S, d) to start the filter from."""
+    truths, ys, first = [], [], []
+    for k in jax.random.split(key, n_sequences):
+        k_start, k_sim, k_first = jax.random.split(k, 3)
+        start = attractor_point(k_start, dim, forcing)
+        cov = None if q_var == 0 else kx.ScalarCovariance(q_var, dim)
+        model = l96_model(forcing, cov, start, kx.ScalarCovariance(1e-12, dim), obs_var, dim)
+        truth, y = kx.simulate(model, k_sim, n_obs)
+        truths.append(truth)
+        ys.append(y)
+        first.append(truth[0] + math.sqrt(obs_var) * jax.random.normal(k_first, (dim,)))
+    return jnp.stack(truths), jnp.stack(ys), jnp.stack(first)
+
+
+# ------------------------------------------------------------------ 1. AD-EnKF
+
+
+class ADEnKFParameters(eqx.Module):
+    forcing: jax.Array
+    model_error: Positive
+
+
+def exp_adenkf(args):
+    n_seeds = 1 if args.quick else 4
+    n_epochs = 30 if args.quick else 150
+    dim, n_members = 40, 50
+    localization = kx.Localization(kx.Periodic1D(dim), kx.GaspariCohn(5.0))
+    method = kx.LETKF(n_members, localization)
+
+    def loss(params, data, key):
+        ys, first = data
+
+        def one(y, start, k):
+            model = l96_model(params.forcing, kx.DiagonalCovariance(params.model_error.value), start,
+                              kx.ScalarCovariance(1.0, dim))
+            return truncated_negative_log_likelihood((model, method), y, k, window=20)
+
+        keys = jax.random.split(key, ys.shape[0])
+        return jnp.sum(jax.vmap(one)(ys, first, keys)) / ys.size
+
+    rows = []
+    for seed in range(n_seeds):
+        key_data, key_fit = jax.random.split(jax.random.key(100 + seed))
+        _, ys, first = l96_sequences(key_data, 4, 150, 0.1)
+        initial = ADEnKFParameters(jnp.asarray(6.0), Positive(jnp.ones(dim)))
+        t0, c0 = time.perf_counter(), time.process_time()
+        result = fit(loss, initial, (ys, first), optax.adam(0.1), n_epochs, key_fit, progress=False)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        q = np.asarray(result.learned.model_error.value)
+        forcing = float(result.learned.forcing)
+        rows.append(dict(seed=seed, forcing=forcing, q_min=float(q.min()), q_max=float(q.max()),
+                         q_mean=float(q.mean()), q_worst_rel=float(np.max(np.abs(q / 0.1 - 1))),
+                         loss_first=float(result.losses[0]), loss_last=float(result.losses[-1]),
+                         wall_s=wall, cpu_s=cpu, epochs=n_epochs,
+                         passed=bool(abs(forcing - 8) < 0.05 and np.all(np.abs(q / 0.1 - 1) < 0.3))))
+        print(f"adenkf seed {seed}: F={forcing:.4f} Q in [{q.min():.4f}, {q.max():.4f}] ({wall:.0f} s)", flush=True)
+    return dict(rows=rows, settings=dict(dim=dim, members=n_members, radius=5.0, window=20, sequences=4,
+                                         observations=150, epochs=n_epochs, lr=0.1, seeds=n_seeds))
+
+
+# ------------------------------------------------------------------ 3. LETKF hyperparameters
+
+
+class LETKFHyper(eqx.Module):
+    inflation: AtLeast
+    radius: Positive
+
+
+MAX_RADIUS = 20.0
+
+
+def letkf(n_members, inflation, radius):
+    radius = jnp.minimum(radius, MAX_RADIUS)
+    localization = kx.Localization(kx.Periodic1D(40), kx.GaspariCohn(radius, max_radius=MAX_RADIUS))
+    return kx.LETKF(n_members, localization, inflation=inflation)
+
+
+def exp_hyper(args):
+    dim, n_members = 40, 10
+    n_epochs = 40 if args.quick else 120
+    test_cycles = 500 if args.quick else 2000
+    _, ys, first = l96_sequences(jax.random.key(7), 4, 200, 0.0)
+
+    def loss(params, data, key):
+        ys, first = data
+        method = letkf(n_members, params.inflation.value, params.radius.value)
+
+        def one(y, start, k):
+            model = l96_model(8.0, None, start, kx.ScalarCovariance(1.0, dim))
+            return negative_log_likelihood((model, method), y, k)
+
+        return jnp.sum(jax.vmap(one)(ys, first, jax.random.split(key, ys.shape[0]))) / ys.size
+
+    initial = LETKFHyper(AtLeast(1.2, lower=1.0), Positive(2.0))
+    t0, c0 = time.perf_counter(), time.process_time()
+    result = fit(loss, initial, (ys, first), optax.adam(0.05), n_epochs, jax.random.key(8), progress=False)
+    fit_wall, fit_cpu = time.perf_counter() - t0, time.process_time() - c0
+    inflation = float(result.learned.inflation.value)
+    radius = float(min(result.learned.radius.value, MAX_RADIUS))
+
+    # scores on fresh twin experiments (2 seeds), the same runs for the learned pair and the grid
+    start = attractor_point(jax.random.key(9))
+    model = l96_model(8.0, None, start, kx.ScalarCovariance(1.0, dim))
+    inflations = np.array([1.0, 1.02, 1.04, 1.07, 1.1, 1.15, 1.2, 1.3])
+    radii = np.array([1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0])
+    t0, c0 = time.perf_counter(), time.process_time()
+    swept = kx.sweep(model, lambda inflation, radius: letkf(n_members, inflation, radius), test_cycles,
+                     jax.random.key(10), grid=dict(inflation=inflations, radius=radii), n_seeds=2,
+                     burn_in=test_cycles // 10)
+    grid_rmse = np.asarray(swept.rmse_analysis_mean)
+    sweep_wall, sweep_cpu = time.perf_counter() - t0, time.process_time() - c0
+    learned = kx.sweep(model, lambda inflation, radius: letkf(n_members, inflation, radius), test_cycles,
+                       jax.random.key(10), grid=dict(inflation=np.array([inflation]), radius=np.array([radius])),
+                       n_seeds=2, burn_in=test_cycles // 10)
+    learned_rmse = float(np.asarray(learned.rmse_analysis_mean).ravel()[0])
+    best = np.unravel_index(np.nanargmin(grid_rmse), grid_rmse.shape)
+    best_rmse = float(grid_rmse[best])
+    print(f"hyper: learned inflation {inflation:.3f} radius {radius:.2f} rmse {learned_rmse:.4f}; best grid "
+          f"{inflations[best[0]]}, {radii[best[1]]} rmse {best_rmse:.4f}", flush=True)
+    return dict(inflation=inflation, radius=radius, learned_rmse=learned_rmse, best_rmse=best_rmse,
+                best_inflation=float(inflations[best[0]]), best_radius=float(radii[best[1]]),
+                ratio=learned_rmse / best_rmse, passed=bool(learned_rmse <= 1.05 * best_rmse),
+                fit_wall_s=fit_wall, fit_cpu_s=fit_cpu, sweep_wall_s=sweep_wall, sweep_cpu_s=sweep_cpu,
+                grid_rmse=grid_rmse.tolist(), inflations=inflations.tolist(), radii=radii.tolist(),
+                losses=[float(x) for x in result.losses], epochs=n_epochs, test_cycles=test_cycles)
+
+
+# ------------------------------------------------------------------ 2. neural closure
+
+
+def two_scale_data(key, n_sequences, n_obs, obs_var=0.1):
+    """Truths of the two-scale model (S, n_obs + 1, 264) and observations of X (S, n_obs, 8)."""
+    truth_model = Lorenz96TwoScale()
+    flow = Flow(truth_model, RK4(0.005, 10))
+    truths, ys = [], []
+    for k in jax.random.split(key, n_sequences):
+        k_start, k_obs = jax.random.split(k)
+        x0 = jnp.concatenate([5.0 * jax.random.normal(k_start, (8,)), 0.1 * jax.random.normal(k_start, (256,))])
+        states = trajectory(flow, x0, 200 + n_obs)[200:]  # spin-up of 10 time units
+        truths.append(states)
+        noise = math.sqrt(obs_var) * jax.random.normal(k_obs, (n_obs, 8))
+        ys.append(states[1:, :8] + noise)
+    return jnp.stack(truths), jnp.stack(ys)
+
+
+def one_scale_model(closure, init_mean, model_error, obs_var=0.1):
+    return kx.StateSpaceModel(Flow(Lorenz96Closure(8, 20.0, closure), RK4(0.005, 10)), jnp.eye(8),
+                              kx.ScalarCovariance(model_error, 8), kx.ScalarCovariance(obs_var, 8), init_mean,
+                              kx.ScalarCovariance(1.0, 8))
+
+
+def two_scale_filter_model(init_mean, obs_var=0.1):
+    observation = jnp.eye(8, 264)
+    return kx.StateSpaceModel(Flow(Lorenz96TwoScale(), RK4(0.005, 10)), observation,
+                              kx.ScalarCovariance(1e-4, 264), kx.ScalarCovariance(obs_var, 8), init_mean,
+                              kx.DiagonalCovariance(jnp.concatenate([jnp.ones(8), 0.05 * jnp.ones(256)])))
+
+
+class ClosureParameters(eqx.Module):
+    network: eqx.nn.MLP
+    model_error: Positive
+
+
+def time_to_rmse(forecasts, truth, threshold=1.0):
+    """First lead (in model time units, 0.05 per step) at which the RMSE over starts exceeds threshold."""
+    rmse = np.sqrt(np.mean((np.asarray(forecasts) - np.asarray(truth)) ** 2, axis=(0, 2)))
+    above = np.nonzero(rmse > threshold)[0]
+    return 0.05 * (above[0] if above.size else len(rmse)), rmse
+
+
+def exp_closure(args):
+    n_epochs = 60 if args.quick else 300
+    n_members = 20
+    truths, ys_train = two_scale_data(jax.random.key(20), 4, 200)
+    first_train = truths[:, 0, :8] + math.sqrt(0.1) * jax.random.normal(jax.random.key(23), (4, 8))
+    method = kx.EnKF(n_members, kx.SquareRoot(), inflation=1.02)
+
+    def loss(params, data, key):
+        ys, first = data
+
+        def one(y, start, k):
+            model = one_scale_model(params.network, start, params.model_error.value)
+            return truncated_negative_log_likelihood((model, method), y, k, window=50)
+
+        return jnp.sum(jax.vmap(one)(ys, first, jax.random.split(key, ys.shape[0]))) / ys.size
+
+    network = eqx.nn.MLP(3, "scalar", 32, 2, activation=jax.nn.tanh, key=jax.random.key(21))
+    network = eqx.tree_at(lambda n: n.layers[-1].weight, network, 0.01 * network.layers[-1].weight)
+    initial = ClosureParameters(network, Positive(0.1))
+    schedule = optax.adam(optax.exponential_decay(3e-3, n_epochs, 0.1))
+    t0, c0 = time.perf_counter(), time.process_time()
+    result = fit(loss, initial, (ys_train, first_train), schedule, n_epochs, jax.random.key(22), progress=False)
+    fit_wall, fit_cpu = time.perf_counter() - t0, time.process_time() - c0
+    learned = result.learned
+    print(f"closure: loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f} ({fit_wall:.0f} s)", flush=True)
+
+    # test: a fresh sequence; analysis RMSE of X for the three models; free forecasts from the analyses
+    n_test = 300 if args.quick else 1000
+    test_truth, test_ys = two_scale_data(jax.random.key(30), 1, n_test)
+    test_truth, test_ys = test_truth[0], test_ys[0]
+    burn = 100
+    start = test_truth[0, :8] + math.sqrt(0.1) * jax.random.normal(jax.random.key(31), (8,))
+    key = jax.random.key(32)
+
+    def analysis_rmse(model, method_):
+        _, history = kx.assimilate(model, method_, test_ys, key)
+        means = history.mean[:, :8]
+        return float(np.sqrt(np.mean((np.asarray(means[burn:]) - np.asarray(test_truth[1 + burn:, :8])) ** 2))), means
+
+    q_learned = float(learned.model_error.value)
+    models = {
+        "two-scale truth model": (two_scale_filter_model(jnp.concatenate([start, jnp.zeros(256)])),
+                                  kx.EnKF(50, kx.SquareRoot(), inflation=1.05)),
+        "one-scale, learned closure": (one_scale_model(learned.network, start, q_learned), method),
+        "one-scale, no closure": (one_scale_model(None, start, 1.0), method),
+    }
+    scores = {}
+    lead = 60  # 3 time units
+    starts = np.arange(burn, n_test - lead, 10)
+    truth_windows = np.stack([np.asarray(test_truth[s + 1: s + 2 + lead, :8]) for s in starts])
+    for name, (model, method_) in models.items():
+        rmse, means = analysis_rmse(model, method_)
+        entry = dict(analysis_rmse=rmse)
+        if name != "two-scale truth model":
+            flow = model.dynamics
+            forecasts = jax.vmap(lambda m: trajectory(flow, m, lead))(jnp.asarray(means)[starts])
+            entry["time_to_rmse_1"], curve = time_to_rmse(forecasts, truth_windows)
+            entry["forecast_rmse_curve"] = curve[::5].tolist()
+        scores[name] = entry
+        print(f"closure: {name}: {entry.get('analysis_rmse'):.4f} {entry.get('time_to_rmse_1')}", flush=True)
+    truth_rmse = scores["two-scale truth model"]["analysis_rmse"]
+    learned_s, none_s = scores["one-scale, learned closure"], scores["one-scale, no closure"]
+    # the learned closure against the true coupling term, on the test truth
+    xs = np.asarray(test_truth[:, :8])
+    true_term = np.asarray(jax.vmap(Lorenz96TwoScale().coupling_term)(test_truth))
+    learned_term = np.asarray(jax.vmap(Lorenz96Closure(8, 20.0, learned.network).closure_term)(jnp.asarray(xs)))
+    closure_error = float(np.sqrt(np.mean((learned_term - true_term) ** 2)) / np.std(true_term))
+    return dict(scores=scores, fit_wall_s=fit_wall, fit_cpu_s=fit_cpu, epochs=n_epochs, model_error=q_learned,
+                losses=[float(x) for x in result.losses[:: max(1, n_epochs // 30)]],
+                closure_relative_error=closure_error,
+                analysis_ratio=learned_s["analysis_rmse"] / truth_rmse,
+                forecast_ratio=learned_s["time_to_rmse_1"] / max(none_s["time_to_rmse_1"], 1e-9),
+                passed=bool(learned_s["analysis_rmse"] <= 1.15 * truth_rmse
+                            and learned_s["time_to_rmse_1"] >= 2 * none_s["time_to_rmse_1"]))
+
+
+# ------------------------------------------------------------------ 4. EM
+
+
+def random_lgssm(rng, dx, dy):
+    A = rng.normal(size=(dx, dx))
+    M = 0.95 * A / np.max(np.abs(np.linalg.eigvals(A)))
+    return dict(M=M, H=rng.normal(size=(dy, dx)) / math.sqrt(dx), Q=0.1 * np.eye(dx), R=0.5 * np.eye(dy),
+                m0=np.zeros(dx), C0=np.eye(dx))
+
+
+def as_kalmax(p):
+    return kx.LinearGaussianSSM(*(jnp.asarray(p[k]) for k in ("M", "H", "Q", "R", "m0", "C0")))
+
+
+def exp_em(args):
+    from dynamax.linear_gaussian_ssm import LinearGaussianSSM as DynamaxLGSSM
+
+    rows = []
+    n_iter = 50
+    for dx in (4, 32):
+        dy = dx
+        rng = np.random.default_rng(dx)
+        truth = random_lgssm(rng, dx, dy)
+        _, ys = kx.simulate(as_kalmax(truth), jax.random.key(dx), 1000)
+        guess = random_lgssm(np.random.default_rng(1000 + dx), dx, dy)
+        guess["Q"], guess["R"] = np.eye(dx), np.eye(dy)
+        model = as_kalmax(guess)
+
+        kalmax_t, result = timed(lambda: em(model, ys, n_iter), repeats=3)
+        ll_kalmax = np.asarray(result.log_likelihood)
+
+        dyn = DynamaxLGSSM(dx, dy, has_dynamics_bias=False, has_emissions_bias=False)
+        # dynamax observes its initial state: give it the law of v_1 under the guess
+        m1 = guess["M"] @ guess["m0"]
+        C1 = guess["M"] @ guess["C0"] @ guess["M"].T + guess["Q"]
+        params, props = dyn.initialize(jax.random.key(0), initial_mean=jnp.asarray(m1),
+                                       initial_covariance=jnp.asarray(C1), dynamics_weights=jnp.asarray(guess["M"]),
+                                       dynamics_covariance=jnp.asarray(guess["Q"]),
+                                       emission_weights=jnp.asarray(guess["H"]),
+                                       emission_covariance=jnp.asarray(guess["R"]))
+        dynamax_t, out = timed(lambda: dyn.fit_em(params, props, ys, num_iters=n_iter, verbose=False), repeats=3)
+        ll_dynamax = np.asarray(out[1])
+        rel = np.abs(ll_kalmax - ll_dynamax) / np.abs(ll_dynamax)
+        rows.append(dict(dx=dx, dy=dy, T=1000, iterations=n_iter,
+                         kalmax_s_per_iter=kalmax_t["median_s"] / n_iter,
+                         kalmax_cpu_s_per_iter=kalmax_t["median_cpu_s"] / n_iter,
+                         dynamax_s_per_iter=dynamax_t["median_s"] / n_iter,
+                         dynamax_cpu_s_per_iter=dynamax_t["median_cpu_s"] / n_iter,
+                         kalmax_compile_s=kalmax_t.get("compile_s"), dynamax_first_s=dynamax_t.get("first_s"),
+                         ll_first=[float(ll_kalmax[0]), float(ll_dynamax[0])],
+                         ll_last=[float(ll_kalmax[-1]), float(ll_dynamax[-1])],
+                         rel_diff_first=float(rel[0]), rel_diff_max=float(rel.max()),
+                         monotone_kalmax=bool(np.all(np.diff(ll_kalmax) >= -1e-9 * np.abs(ll_kalmax[1:])))))
+        print(f"em dx={dx}: kalmax {kalmax_t['median_s'] / n_iter * 1e3:.2f} ms/iter, dynamax "
+              f"{dynamax_t['median_s'] / n_iter * 1e3:.2f} ms/iter; LL first rel diff {rel[0]:.1e}, max {rel.max():.1e}",
+              flush=True)
+    return dict(rows=rows, nile=nile_fits())
+
+
+def nile_fits():
+    from statsmodels.tsa.statespace.structural import UnobservedComponents
+
+    from kalmax.datasets import load_nile
+
+    _, flow = load_nile()
+    reference = UnobservedComponents(flow, "local level").fit(disp=False)
+    names = list(reference.model.param_names)
+    obs_ref = float(reference.params[names.index("sigma2.irregular")])
+    level_ref = float(reference.params[names.index("sigma2.level")])
+
+    fixed = ("dynamics", "observation", "init_mean", "init_cov")
+    guess = kx.LinearGaussianSSM(jnp.eye(1), jnp.eye(1), 1000.0 * jnp.eye(1), 10000.0 * jnp.eye(1),
+                                 jnp.array([flow[0]]), 1e7 * jnp.eye(1))
+    fitted = em(guess, flow[:, None], 1000, fixed=fixed).model
+    em_obs, em_level = float(fitted.obs_cov[0, 0]), float(fitted.dynamics_cov[0, 0])
+
+    class Variances(eqx.Module):
+        obs: Positive
+        level: Positive
+
+    def loss(v, ys, key):
+        model = kx.LinearGaussianSSM(jnp.eye(1), jnp.eye(1), v.level.value * jnp.eye(1), v.obs.value * jnp.eye(1),
+                                     jnp.array([flow[0]]), 1e7 * jnp.eye(1))
+        return negative_log_likelihood((model, kx.KalmanFilter()), ys) / ys.shape[0]
+
+    result = fit(loss, Variances(Positive(10000.0), Positive(1000.0)), jnp.asarray(flow[:, None]),
+                 optax.adam(0.05), 1500, jax.random.key(0), progress=False)
+    sgd_obs, sgd_level = float(result.learned.obs.value), float(result.learned.level.value)
+    entry = dict(statsmodels=[obs_ref, level_ref], em=[em_obs, em_level], optax=[sgd_obs, sgd_level])
+    entry["em_rel"] = [abs(em_obs / obs_ref - 1), abs(em_level / level_ref - 1)]
+    entry["optax_rel"] = [abs(sgd_obs / obs_ref - 1), abs(sgd_level / level_ref - 1)]
+    entry["passed"] = bool(max(entry["em_rel"] + entry["optax_rel"]) < 0.01)
+    print(f"nile: statsmodels {obs_ref:.1f} {level_ref:.1f}; EM {em_obs:.1f} {em_level:.1f}; "
+          f"optax {sgd_obs:.1f} {sgd_level:.1f}", flush=True)
+    return entry
+
+
+# ------------------------------------------------------------------ 5. cost of a gradient
+
+
+def exp_cost(args):
+    rows = []
+    T = 200
+    _, ys, first = l96_sequences(jax.random.key(40), 1, T, 0.0)
+    ys, first = ys[0], first[0]
+    l96 = l96_model(8.0, None, first, kx.ScalarCovariance(1.0, 40))
+    rng = np.random.default_rng(41)
+    linear = as_kalmax(random_lgssm(rng, 32, 32))
+    _, linear_ys = kx.simulate(linear, jax.random.key(42), 1000)
+    cases = [
+        ("Kalman filter, dx = dy = 32, T = 1000", linear, kx.KalmanFilter(steady_state=False), linear_ys),
+        ("ETKF, Lorenz-96 d = 40, N = 50, T = 200", l96, kx.EnKF(50, kx.SquareRoot(), inflation=1.02), ys),
+        ("LETKF, Lorenz-96 d = 40, N = 50, radius 5, T = 200", l96,
+         kx.LETKF(50, kx.Localization(kx.Periodic1D(40), kx.GaspariCohn(5.0)), inflation=1.02), ys),
+    ]
+    key = jax.random.key(43)
+    for name, model, method, data in cases:
+        forward = eqx.filter_jit(lambda pair, y: negative_log_likelihood(pair, y, key))
+        gradient = eqx.filter_jit(eqx.filter_value_and_grad(lambda pair, y: negative_log_likelihood(pair, y, key)))
+        t_forward, _ = timed(lambda: forward((model, method), data), repeats=7)
+        t_grad, _ = timed(lambda: gradient((model, method), data), repeats=7)
+        ratio = t_grad["median_cpu_s"] / t_forward["median_cpu_s"]
+        rows.append(dict(case=name, forward_s=t_forward["median_s"], grad_s=t_grad["median_s"],
+                         forward_cpu_s=t_forward["median_cpu_s"], grad_cpu_s=t_grad["median_cpu_s"],
+                         ratio_cpu=ratio, ratio_wall=t_grad["median_s"] / t_forward["median_s"],
+                         passed=bool(ratio <= 4)))
+        print(f"cost: {name}: grad/forward {ratio:.2f} (CPU), {t_grad['median_s'] / t_forward['median_s']:.2f} (wall)",
+              flush=True)
+
+    # memory of value_and_grad over long runs
+    memory = []
+    for n_cycles in (1000, 10_000):
+        long_ys = jnp.zeros((n_cycles, 40)) + ys[0]
+        for loop_name, loop in (("SequentialScan", None), ("CheckpointedScan", kx.CheckpointedScan())):
+            def total(pair, y, loop=loop):
+                return negative_log_likelihood(pair, y, key, loop=loop)
+
+            compiled = (eqx.filter_jit(eqx.filter_value_and_grad(total))
+                        .lower((l96, kx.EnKF(50, kx.SquareRoot(), inflation=1.02)), long_ys).compile())
+            analysis = compiled.memory_analysis()
+            memory.append(dict(cycles=n_cycles, loop=loop_name, temp_mib=analysis.temp_size_in_bytes / 2**20))
+            print(f"memory T={n_cycles} {loop_name}: {analysis.temp_size_in_bytes / 2**20:.1f} MiB", flush=True)
+    return dict(rows=rows, memory=memory)
+
+
+# ------------------------------------------------------------------ report
+
+EXPERIMENTS = {"adenkf": exp_adenkf, "closure": exp_closure, "hyper": exp_hyper, "em": exp_em, "cost": exp_cost}
+
+
+def render(results: dict, machine: dict) -> str:
+    out = ["# Learning through filters (`benchmarks/bench_learning.py`)", "", common.machine_markdown(machine), ""]
+    if "adenkf" in results:
+        r = results["adenkf"]
+        s = r["settings"]
+        out += ["## 1. AD-EnKF on Lorenz-96: forcing and model-error covariance", "",
+                f"LETKF N = {s['members']}, Gaspari-Cohn radius {s['radius']}, {s['sequences']} sequences x "
+                f"{s['observations']} observations, TBPTT window {s['window']}, Adam({s['lr']}), {s['epochs']} epochs; "
+                "truth F = 8, Q = 0.1 I; start F = 6, Q = I. Target |F - 8| < 0.05 and each diag Q within 30% of 0.1.", ""]
+        rows = [[x["seed"], f"{x['forcing']:.4f}", f"{x['q_min']:.4f}", f"{x['q_mean']:.4f}", f"{x['q_max']:.4f}",
+                 f"{100 * x['q_worst_rel']:.0f}%", common.fmt_time(x["wall_s"]), "yes" if x["passed"] else "**no**"]
+                for x in r["rows"]]
+        out += [common.markdown_table(["seed", "F", "min Q", "mean Q", "max Q", "worst Q error", "fit time", "target"],
+                                      rows), ""]
+    if "closure" in results:
+        r = results["closure"]
+        out += ["## 2. Neural closure of the two-scale Lorenz-96", "",
+                f"MLP(3 -> 32 -> 32 -> 1, tanh) of the stencil (X_{{k-1}}, X_k, X_{{k+1}}), shared across k, and a "
+                f"scalar model-error variance, learned through an ETKF (N = 20) on the one-scale model by "
+                f"TBPTT (window 50) over 4 x 200 observations of X (R = 0.1 I, every 0.05), {r['epochs']} epochs "
+                f"({common.fmt_time(r['fit_wall_s'])}). Test: a fresh sequence; free forecasts from the analyses "
+                "every 10 cycles. Learned closure against the true coupling term on the test truth: relative RMS "
+                f"error {r['closure_relative_error']:.2f}.", ""]
+        rows = []
+        for name, s in r["scores"].items():
+            rows.append([name, f"{s['analysis_rmse']:.4f}",
+                         "—" if "time_to_rmse_1" not in s else f"{s['time_to_rmse_1']:.2f}"])
+        out += [common.markdown_table(["filter model", "analysis RMSE of X", "forecast time to RMSE 1"], rows), "",
+                f"Analysis RMSE ratio learned / true model: {r['analysis_ratio']:.3f} (target <= 1.15); forecast time "
+                f"ratio learned / no closure: {r['forecast_ratio']:.2f} (target >= 2). Target "
+                f"{'met' if r['passed'] else '**not met**'}.", ""]
+    if "hyper" in results:
+        r = results["hyper"]
+        out += ["## 3. LETKF inflation and radius by gradient against a sweep", "",
+                f"LETKF N = 10, d = 40, R = I. Gradient fit: {r['epochs']} Adam steps on the ensemble negative "
+                f"log-likelihood of 4 x 200 observations ({common.fmt_time(r['fit_wall_s'])} wall, "
+                f"{common.fmt_time(r['fit_cpu_s'])} CPU). Sweep: {len(r['inflations'])} x {len(r['radii'])} grid, "
+                f"2 seeds x {r['test_cycles']} cycles each ({common.fmt_time(r['sweep_wall_s'])} wall, "
+                f"{common.fmt_time(r['sweep_cpu_s'])} CPU). Both scored on the same twin runs.", "",
+                common.markdown_table(["", "inflation", "radius", "analysis RMSE"], [
+                    ["learned by gradient", f"{r['inflation']:.3f}", f"{r['radius']:.2f}", f"{r['learned_rmse']:.4f}"],
+                    ["best grid point", f"{r['best_inflation']}", f"{r['best_radius']}", f"{r['best_rmse']:.4f}"]]),
+                "", f"Ratio {r['ratio']:.3f} (target <= 1.05): {'met' if r['passed'] else '**not met**'}.", ""]
+    if "em" in results:
+        r = results["em"]
+        out += ["## 4. EM: kalmax against dynamax, and the Nile against statsmodels", "",
+                "Same data (T = 1000) and initial guess; 50 iterations. dynamax observes its initial state "
+                "(x_1 ~ N(m, S), y_1 | x_1), kalmax does not (v_0 ~ N(m_0, C_0), y_1 | v_1): dynamax is given the "
+                "law of v_1 under the guess, so the first log-likelihoods are of the same model; after the first "
+                "M-step the two re-estimate different initial laws (and dynamax has T - 1 transitions, kalmax T), "
+                "so later log-likelihoods differ by that modelling difference, not by arithmetic. kalmax's "
+                "iterations equal a NumPy float64 transcription of the same updates to 1e-9 "
+                "(tests/learning/test_em.py).", ""]
+        rows = [[f"{x['dx']}", common.fmt_time(x["kalmax_s_per_iter"]), common.fmt_time(x["dynamax_s_per_iter"]),
+                 common.fmt_ratio(x["dynamax_cpu_s_per_iter"] / x["kalmax_cpu_s_per_iter"]),
+                 f"{x['rel_diff_first']:.1e}", f"{x['rel_diff_max']:.1e}",
+                 f"{x['ll_last'][0]:.2f} / {x['ll_last'][1]:.2f}", "yes" if x["monotone_kalmax"] else "**no**"]
+                for x in r["rows"]]
+        out += [common.markdown_table(["dx = dy", "kalmax / iteration", "dynamax / iteration",
+                                       "speed-up (CPU)", "LL rel. diff. iter 0", "max rel. diff.",
+                                       "final LL kalmax / dynamax", "kalmax monotone"], rows), ""]
+        n = r["nile"]
+        out += ["Nile local level (diffuse start: kalmax C_0 = 1e7; statsmodels' exact diffuse initialisation):", "",
+                common.markdown_table(["", "obs. variance", "level variance", "rel. diff. to statsmodels"], [
+                    ["statsmodels MLE", f"{n['statsmodels'][0]:.1f}", f"{n['statsmodels'][1]:.1f}", ""],
+                    ["kalmax EM (1000 it.)", f"{n['em'][0]:.1f}", f"{n['em'][1]:.1f}",
+                     f"{100 * max(n['em_rel']):.2f}%"],
+                    ["kalmax optax fit (Adam)", f"{n['optax'][0]:.1f}", f"{n['optax'][1]:.1f}",
+                     f"{100 * max(n['optax_rel']):.2f}%"]]), ""]
+    if "cost" in results:
+        r = results["cost"]
+        out += ["## 5. Cost of a gradient", "",
+                "value_and_grad of the negative log-likelihood with respect to (model, method) against the "
+                "forward loss, both compiled; median CPU time. Target: ratio <= 4.", "",
+                common.markdown_table(["case", "forward", "value_and_grad", "ratio (CPU)", "ratio (wall)"], [
+                    [x["case"], common.fmt_time(x["forward_cpu_s"]), common.fmt_time(x["grad_cpu_s"]),
+                     f"{x['ratio_cpu']:.2f}", f"{x['ratio_wall']:.2f}"] for x in r["rows"]]), "",
+                "XLA temporaries of value_and_grad (`memory_analysis()`), Lorenz-96 ETKF d = 40, N = 50:", "",
+                common.markdown_table(["cycles", "loop", "temporaries (MiB)"], [
+                    [x["cycles"], x["loop"], f"{x['temp_mib']:.1f}"] for x in r["memory"]]), ""]
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes")
+    parser.add_argument("--only", nargs="+", choices=sorted(EXPERIMENTS), help="run these experiments only")
+    parser.add_argument("--render", action="store_true", help="re-render the report from the JSON")
+    args = parser.parse_args(argv)
+    stem = "learning-quick" if args.quick else "learning"
+    path = RESULTS / f"{stem}.json"
+    if args.render:
+        saved = json.loads(path.read_text())
+        (RESULTS / f"{stem}.md").write_text(render(saved["results"], saved["machine"]))
+        return 0
+    machine = common.describe_machine(["jax", "jaxlib", "numpy", "equinox", "optax", "dynamax", "statsmodels"])
+    saved = json.loads(path.read_text()) if path.exists() and args.only else {"results": {}}
+    results = saved["results"]
+    for name in args.only or list(EXPERIMENTS):
+        t0 = time.time()
+        results[name] = EXPERIMENTS[name](args)
+        results[name]["elapsed_s"] = time.time() - t0
+        path.write_text(json.dumps({"machine": machine, "results": results}, indent=1))
+    report = render(results, machine)
+    (RESULTS / f"{stem}.md").write_text(report)
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
