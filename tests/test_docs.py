@@ -49,6 +49,9 @@ def test_the_learning_page_runs_and_recovers_the_forcing(capsys):
     namespace: dict = {}
     for block in _blocks("python", page):
         exec(compile(block, str(page), "exec"), namespace)  # noqa: S102 - the page's own code
-    forcing = float(capsys.readouterr().out.splitlines()[0])
-    assert abs(forcing - 8.0) < 0.3
+    lines = capsys.readouterr().out.splitlines()
+    assert abs(float(lines[0]) - 8.0) < 0.3  # gradient fit
+    assert abs(float(lines[1]) - 8.0) < 0.3  # state augmentation
+    obs_var, level_var = (float(x) for x in lines[2].split())  # EM on the Nile
+    assert abs(obs_var / 15099 - 1) < 0.01 and abs(level_var / 1469.1 - 1) < 0.01
     assert np.isfinite(float(namespace["loss"]))
