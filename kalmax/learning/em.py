@@ -164,18 +164,7 @@ def e_step(
     dynamics_xz = jnp.concatenate([cross, states[1:].sum(0)[:, None]], axis=1)
     dynamics_xx = _outer_sum(states[1:], covs[1:])
 
-    current, current_covs = states[1:], covs[1:]
-    if missing:
-        seconds = current_covs + current[:, :, None] * current[:, None, :]
-        obs_offset = _offset(model.obs_offset, model.observation.shape[0], dtype)
-        y_mean, y_outer, y_state = jax.vmap(_missing_moments, in_axes=(0, 0, 0, None, None, None))(
-            ys, current, seconds, model.observation, obs_offset, model.obs_cov
-        )
-        y_state, y_sum, y_outer = y_state.sum(0), y_mean.sum(0), y_outer.sum(0)
-    else:
-        y_state, y_sum, y_outer = ys.T @ current, ys.sum(0), ys.T @ ys
-    obs_zz = _augmented(_outer_sum(current, current_covs), current.sum(0), n_cycles)
-    obs_yz = jnp.concatenate([y_state, y_sum[:, None]], axis=1)
+    obs_zz, obs_yz, obs_yy, _ = observation_statistics(model, ys, states[1:], covs[1:], missing)
 
     statistics = SufficientStatistics(
         init_mean=smoothed.init_mean,
@@ -186,10 +175,30 @@ def e_step(
         dynamics_xx=dynamics_xx,
         obs_zz=obs_zz,
         obs_yz=obs_yz,
-        obs_yy=y_outer,
+        obs_yy=obs_yy,
         n_cycles=n_cycles,
     )
     return statistics, smoothed.log_likelihood
+
+
+def observation_statistics(model: LinearGaussianSSM, ys, means, covs, missing: bool):
+    """The observation part of the statistics from smoothed moments of v_1..v_T:
+    (S_zz^o, S_yz, S_yy, E[y_n | y_obs] per cycle (T, dy)); see the module docstring."""
+    dtype = model.dtype
+    n_cycles = jnp.asarray(ys.shape[0], dtype)
+    if missing:
+        seconds = covs + means[:, :, None] * means[:, None, :]
+        obs_offset = _offset(model.obs_offset, model.observation.shape[0], dtype)
+        y_mean, y_outer, y_state = jax.vmap(_missing_moments, in_axes=(0, 0, 0, None, None, None))(
+            ys, means, seconds, model.observation, obs_offset, model.obs_cov
+        )
+        y_state, y_sum, y_outer = y_state.sum(0), y_mean.sum(0), y_outer.sum(0)
+    else:
+        y_mean = ys
+        y_state, y_sum, y_outer = ys.T @ means, ys.sum(0), ys.T @ ys
+    obs_zz = _augmented(_outer_sum(means, covs), means.sum(0), n_cycles)
+    obs_yz = jnp.concatenate([y_state, y_sum[:, None]], axis=1)
+    return obs_zz, obs_yz, y_outer, y_mean
 
 
 def _offset(offset, size, dtype):
@@ -344,4 +353,4 @@ def _em_loop(model, ys, n_iterations, fixed, missing):
     return EMResult(model=final, log_likelihood=log_likelihood)
 
 
-__all__ = ["EMResult", "EM_FIELDS", "SufficientStatistics", "e_step", "em", "m_step"]
+__all__ = ["EMResult", "EM_FIELDS", "SufficientStatistics", "e_step", "em", "m_step", "observation_statistics"]

@@ -34,7 +34,9 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from ..assimilate import assimilate
 from ..history import Save
 from ..loops import AbstractTimeLoop
+from ..filters.kalman import KalmanFilter
 from ..ssm import LinearGaussianSSM
+from .fisher import kalman_negative_log_likelihood
 
 
 def _unpack(pair, who: str):
@@ -43,8 +45,28 @@ def _unpack(pair, who: str):
     return pair
 
 
+GRADIENTS = ("auto", "fisher", "autodiff")
+
+
+def _fisher_applies(model, method) -> bool:
+    return isinstance(model, LinearGaussianSSM) and isinstance(method, KalmanFilter) and model.n_times is None
+
+
+def _fisher_is_faster(method) -> bool:
+    # A steady-state forward pass is a few times cheaper than a full one, and reverse mode
+    # through it stays cheap; the closed form runs the full backward pass (measured on
+    # dx = 32, T = 1000: 0.17 s reverse mode against 0.43 s closed form; without steady
+    # state 1.9 s against 0.5 s).
+    return not method.steady_state
+
+
 def negative_log_likelihood(
-    pair, ys: Float[Array, "T dy"], key: PRNGKeyArray | None = None, *, loop: AbstractTimeLoop | None = None
+    pair,
+    ys: Float[Array, "T dy"],
+    key: PRNGKeyArray | None = None,
+    *,
+    loop: AbstractTimeLoop | None = None,
+    gradient: str = "auto",
 ) -> Float[Array, ""]:
     """-sum_n log p(y_{n+1} | y_{1:n}) of the filter `method` on `model` (module docstring).
 
@@ -55,8 +77,26 @@ def negative_log_likelihood(
             reparameterised noise).
         loop: the time loop (e.g. `kx.CheckpointedScan()` for long runs: O(sqrt(T))
             memory for the gradient).
+        gradient: how reverse-mode derivatives are taken. "autodiff": through the
+            filter. "fisher": for a Kalman filter on a time-invariant
+            `LinearGaussianSSM`, the exact gradient in closed form from one RTS
+            smoother pass (`kalmax.learning.fisher`; 2-3 filter runs instead of
+            ~6-10, reverse mode only: no `jax.jvp` / `jax.hessian`). "auto" (default):
+            "fisher" where it applies and the filter runs every covariance update
+            (`steady_state=False`), else "autodiff" (a steady-state forward pass is
+            cheap and so is reverse mode through it).
     """
     model, method = _unpack(pair, "negative_log_likelihood")
+    if gradient not in GRADIENTS:
+        raise ValueError(f"`gradient` must be one of {GRADIENTS}; got {gradient!r}")
+    fisher = _fisher_applies(model, method)
+    if gradient == "fisher" and not fisher:
+        raise ValueError(
+            '`gradient="fisher"` needs a kx.KalmanFilter on a time-invariant kx.LinearGaussianSSM; got '
+            f"{type(method).__name__} on {type(model).__name__} (use gradient=\"autodiff\")"
+        )
+    if fisher and (gradient == "fisher" or (gradient == "auto" and _fisher_is_faster(method))):
+        return kalman_negative_log_likelihood(model, method, jnp.asarray(ys, model.dtype), loop=loop)
     _, history = assimilate(model, method, ys, key, save=Save(mean=False), throw=False, loop=loop)
     return -jnp.sum(history.info.log_likelihood)
 
