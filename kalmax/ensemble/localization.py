@@ -621,6 +621,11 @@ class Localization(eqx.Module):
             "(an IndexObservation is located at the state points it observes)"
         )
 
+    def obs_distances(self, model) -> np.ndarray:
+        """(p, p) distances between the observation locations (static)."""
+        coords = self.obs_coordinates(model)
+        return self.geometry.distance(coords[:, None, :], coords[None, :, :])
+
     def check(self, model) -> None:
         """Raise a ValueError if the geometry or locations do not fit `model`."""
         if self.geometry.size != model.state_dim:

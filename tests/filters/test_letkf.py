@@ -451,3 +451,43 @@ def test_observation_space_and_ensemble_space_local_algebra_agree(size):
     g_obs = gradient(2.5, True)
     g_ens = gradient(2.5, False)
     assert np.isfinite(float(g_obs)) and float(g_obs) == pytest.approx(float(g_ens), rel=1e-8)
+
+
+def test_localized_likelihood_against_a_numpy_transcription_and_its_radius_gradient():
+    from scipy.stats import multivariate_normal
+
+    from kalmax.filters.letkf import localized_log_likelihood
+
+    rng = np.random.default_rng(11)
+    J, p = 6, 10
+    observed = rng.normal(size=(J, p))
+    y = rng.normal(size=p)
+    y[4] = np.nan
+    gamma = np.diag(rng.uniform(0.5, 1.5, size=p))
+    distances = np.abs(np.subtract.outer(np.arange(p), np.arange(p)))
+    distances = np.minimum(distances, p - distances)
+    taper = np.asarray(kx.GaspariCohn(2.0)(jnp.asarray(distances, jnp.float64)))
+    anomalies = observed - observed.mean(0)
+    cov = taper * (anomalies.T @ anomalies) / (J - 1) + gamma
+    o = ~np.isnan(y)
+    expected = multivariate_normal(observed.mean(0)[o], cov[np.ix_(o, o)]).logpdf(y[o])
+    got = localized_log_likelihood(jnp.asarray(observed), jnp.asarray(y), kx.DiagonalCovariance(jnp.diag(gamma)),
+                                   jnp.asarray(taper))
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+    # in a filter run: finite, and a smooth function of the radius
+    d = 20
+    model = kx.StateSpaceModel(Flow(Lorenz96(d, 8.0), RK4(0.05, 1)), kx.IndexObservation(range(d), d), None,
+                               jnp.eye(d), 8.0 + jnp.sin(jnp.arange(d, dtype=jnp.float64)), jnp.eye(d))
+    _, ys = kx.simulate(model, jax.random.key(0), 30)
+
+    def loss(radius):
+        loc = kx.Localization(kx.Periodic1D(d), kx.GaspariCohn(radius, max_radius=10.0))
+        _, history = kx.assimilate(model, kx.LETKF(8, loc, inflation=1.02, localized_likelihood=True), ys,
+                                   jax.random.key(1), save=kx.Save(mean=False))
+        return jnp.sum(history.info.log_likelihood)
+
+    value, slope = jax.value_and_grad(loss)(jnp.asarray(3.0))
+    step = 1e-5
+    numeric = (loss(jnp.asarray(3.0 + step)) - loss(jnp.asarray(3.0 - step))) / (2 * step)
+    assert np.isfinite(value) and abs(float(slope) - float(numeric)) < 1e-5 * max(1.0, abs(float(numeric)))
