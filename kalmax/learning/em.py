@@ -69,7 +69,8 @@ class SufficientStatistics(eqx.Module):
         n_sequences: number of sequences.
         dynamics_zz: (dx+1, dx+1) S_zz; dynamics_xz: (dx, dx+1) S_xz; dynamics_xx: (dx, dx) S_xx.
         obs_zz: (dx+1, dx+1) S_zz^o; obs_yz: (dy, dx+1) S_yz; obs_yy: (dy, dy) S_yy.
-        n_cycles: number of transitions (= number of observation times) T.
+        n_cycles: number of observation times T (the counts of the regressions are the
+            corners of `dynamics_zz` and `obs_zz`).
     """
 
     init_mean: Float[Array, " dx"]
@@ -135,8 +136,37 @@ def _missing_moments(y, mean, second, observation, obs_offset, obs_cov):
     return y_mean, symmetrize(y_outer), y_state
 
 
+def first_observed(model: LinearGaussianSSM, n_cycles: int) -> LinearGaussianSSM:
+    """The model in which y_1 observes v_0 itself (dynamax's, pykalman's and statsmodels'
+    convention): a time-varying model whose first transition is the identity without
+    noise, then the model's dynamics for the T - 1 others."""
+    dtype = model.dtype
+    dx = model.dynamics.shape[0]
+
+    def first_then(first, rest):
+        return TimeVarying(jnp.concatenate([first[None], jnp.broadcast_to(rest, (n_cycles - 1,) + rest.shape)]))
+
+    offset = None
+    if model.dynamics_offset is not None:
+        offset = first_then(jnp.zeros(dx, dtype), model.dynamics_offset)
+    return LinearGaussianSSM(
+        dynamics=first_then(jnp.eye(dx, dtype=dtype), model.dynamics),
+        observation=model.observation,
+        dynamics_cov=first_then(jnp.zeros((dx, dx), dtype), model.dynamics_cov),
+        obs_cov=model.obs_cov,
+        init_mean=model.init_mean,
+        init_cov=model.init_cov,
+        dynamics_offset=offset,
+        obs_offset=model.obs_offset,
+    )
+
+
 def e_step(
-    model: LinearGaussianSSM, ys: Float[Array, "T dy"], *, missing: bool | None = None
+    model: LinearGaussianSSM,
+    ys: Float[Array, "T dy"],
+    *,
+    missing: bool | None = None,
+    observe_initial: bool = False,
 ) -> tuple[SufficientStatistics, Float[Array, ""]]:
     """Expected sufficient statistics of one sequence and its log-likelihood (module docstring).
 
@@ -146,23 +176,29 @@ def e_step(
         missing: whether `ys` may hold NaN entries (static). False takes the
             complete-data statistics y y^T directly (no per-cycle conditioning);
             None decides from `ys` when it is concrete and assumes True when traced.
+        observe_initial: y_1 observes v_0 itself (`first_observed`): T - 1 transitions.
 
     Returns:
         (statistics, log p(y_{1:T})).
     """
     if missing is None:
         missing = not _checks.is_concrete(ys) or bool(np.isnan(np.asarray(ys)).any())
-    smoothed = rts_smoother(model, ys, throw=False, steady_state=False)
+    filter_model = first_observed(model, ys.shape[0]) if observe_initial else model
+    smoothed = rts_smoother(filter_model, ys, throw=False, steady_state=False)
     dtype = model.dtype
     states = jnp.concatenate([smoothed.init_mean[None], smoothed.mean])  # v_0..v_T
     covs = jnp.concatenate([smoothed.init_cov[None], smoothed.cov])
     n_cycles = jnp.asarray(ys.shape[0], dtype)
 
-    previous, previous_covs = states[:-1], covs[:-1]
-    dynamics_zz = _augmented(_outer_sum(previous, previous_covs), previous.sum(0), n_cycles)
-    cross = jnp.sum(smoothed.cross_cov, axis=0) + states[1:].T @ previous  # sum E[v_n v_{n-1}^T]
-    dynamics_xz = jnp.concatenate([cross, states[1:].sum(0)[:, None]], axis=1)
-    dynamics_xx = _outer_sum(states[1:], covs[1:])
+    # the transitions v_{n-1} -> v_n the parameters govern: n = 1..T, or n = 2..T when v_1 = v_0
+    first = 1 if observe_initial else 0
+    previous, previous_covs = states[first:-1], covs[first:-1]
+    following, following_covs = states[first + 1 :], covs[first + 1 :]
+    n_transitions = jnp.asarray(previous.shape[0], dtype)
+    dynamics_zz = _augmented(_outer_sum(previous, previous_covs), previous.sum(0), n_transitions)
+    cross = jnp.sum(smoothed.cross_cov[first:], axis=0) + following.T @ previous  # sum E[v_n v_{n-1}^T]
+    dynamics_xz = jnp.concatenate([cross, following.sum(0)[:, None]], axis=1)
+    dynamics_xx = _outer_sum(following, following_covs)
 
     obs_zz, obs_yz, obs_yy, _ = observation_statistics(model, ys, states[1:], covs[1:], missing)
 
@@ -205,10 +241,12 @@ def _offset(offset, size, dtype):
     return jnp.zeros(size, dtype) if offset is None else offset
 
 
-def _regression(matrix, offset, free_matrix, free_offset, target_z, zz, target_target, count):
+def _regression(matrix, offset, free_matrix, free_offset, target_z, zz, target_target):
     """Maximise the expected Gaussian regression log-likelihood of target = matrix v + offset + noise
-    over the free parts; returns (matrix, offset, noise covariance)."""
+    over the free parts; returns (matrix, offset, noise covariance). The number of terms is
+    the corner of S_zz (z = [v; 1])."""
     size = zz.shape[0] - 1
+    count = zz[size, size]
     if free_matrix and free_offset:
         joint = jnp.linalg.solve(zz, target_z.T).T  # S_tz S_zz^{-1} (S_zz symmetric)
         matrix, offset = joint[:, :size], joint[:, size]
@@ -236,7 +274,6 @@ def m_step(model: LinearGaussianSSM, statistics: SufficientStatistics, fixed: tu
     free = {name: name not in fixed for name in EM_FIELDS}
     dtype = model.dtype
     dx, dy = model.dynamics.shape[0], model.observation.shape[0]
-    count = statistics.n_cycles
     dynamics, dynamics_offset, dynamics_cov = _regression(
         model.dynamics,
         _offset(model.dynamics_offset, dx, dtype),
@@ -245,7 +282,6 @@ def m_step(model: LinearGaussianSSM, statistics: SufficientStatistics, fixed: tu
         statistics.dynamics_xz,
         statistics.dynamics_zz,
         statistics.dynamics_xx,
-        count,
     )
     observation, obs_offset, obs_cov = _regression(
         model.observation,
@@ -255,7 +291,6 @@ def m_step(model: LinearGaussianSSM, statistics: SufficientStatistics, fixed: tu
         statistics.obs_yz,
         statistics.obs_zz,
         statistics.obs_yy,
-        count,
     )
     first = statistics.init_mean / statistics.n_sequences  # mean of E[v_0] over sequences
     init_mean = first if free["init_mean"] else model.init_mean
@@ -313,6 +348,7 @@ def em(
     n_iterations: int,
     *,
     fixed: tuple[str, ...] = (),
+    observe_initial: bool = False,
 ) -> EMResult:
     """Fit a linear-Gaussian state-space model by expectation-maximisation (module docstring).
 
@@ -324,6 +360,9 @@ def em(
         fixed: names of fields held at their initial values, some of `EM_FIELDS`
             ("dynamics", "dynamics_offset", "dynamics_cov", "observation", "obs_offset",
             "obs_cov", "init_mean", "init_cov").
+        observe_initial: y_1 observes v_0 itself (the convention of dynamax, pykalman and
+            statsmodels: T - 1 transitions, and (init_mean, init_cov) is the law of the
+            first observed state); False: kalmax's convention, v_0 one cycle before y_1.
 
     Returns:
         An `EMResult`: the fitted model and the log-likelihood before each M-step.
@@ -338,14 +377,18 @@ def em(
         >>> result.model.dynamics_cov, result.log_likelihood[-1]
     """
     ys, fixed = check_em_inputs(model, ys, fixed, n_iterations)
+    if observe_initial and ys.shape[1] < 2:
+        raise ValueError("`observe_initial=True` needs T >= 2 observations (T - 1 transitions)")
     missing = not _checks.is_concrete(ys) or bool(np.isnan(np.asarray(ys)).any())
-    return _em_loop(model, ys, n_iterations, fixed, missing)
+    return _em_loop(model, ys, n_iterations, fixed, missing, bool(observe_initial))
 
 
 @eqx.filter_jit
-def _em_loop(model, ys, n_iterations, fixed, missing):
+def _em_loop(model, ys, n_iterations, fixed, missing, observe_initial):
     def iteration(current, _):
-        statistics, log_likelihoods = jax.vmap(lambda y: e_step(current, y, missing=missing))(ys)
+        statistics, log_likelihoods = jax.vmap(
+            lambda y: e_step(current, y, missing=missing, observe_initial=observe_initial)
+        )(ys)
         statistics = jax.tree_util.tree_map(lambda x: jnp.sum(x, axis=0), statistics)
         return m_step(current, statistics, fixed), jnp.sum(log_likelihoods)
 
@@ -353,4 +396,4 @@ def _em_loop(model, ys, n_iterations, fixed, missing):
     return EMResult(model=final, log_likelihood=log_likelihood)
 
 
-__all__ = ["EMResult", "EM_FIELDS", "SufficientStatistics", "e_step", "em", "m_step", "observation_statistics"]
+__all__ = ["EMResult", "EM_FIELDS", "SufficientStatistics", "e_step", "em", "first_observed", "m_step", "observation_statistics"]

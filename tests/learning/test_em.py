@@ -15,14 +15,19 @@ from kalmax.learning import em
 # ---------------------------------------------------------------- NumPy transcription
 
 
-def _numpy_smoother(p, ys):
+def _numpy_smoother(p, ys, observe_initial=False):
     """Kalman filter (skipping missing entries) and RTS smoother with lag-one
-    cross-covariances, v_0 ~ N(m0, C0), y_{n+1} observes v_{n+1}; plain loops."""
-    M, H, Q, R, b, d, m0, C0 = (p[k] for k in ("M", "H", "Q", "R", "b", "d", "m0", "C0"))
+    cross-covariances, v_0 ~ N(m0, C0), y_{n+1} observes v_{n+1}; plain loops.
+    With observe_initial the first transition is the identity without noise."""
+    M_, H, Q_, R, b_, d, m0, C0 = (p[k] for k in ("M", "H", "Q", "R", "b", "d", "m0", "C0"))
     T = len(ys)
     means, covs, pmeans, pcovs = [m0], [C0], [], []
     loglik = 0.0
-    for y in ys:
+    transitions = []
+    for n, y in enumerate(ys):
+        first = observe_initial and n == 0
+        M, Q, b = (np.eye(len(m0)), 0 * Q_, 0 * b_) if first else (M_, Q_, b_)
+        transitions.append(M)
         pm, pc = M @ means[-1] + b, M @ covs[-1] @ M.T + Q
         pmeans.append(pm)
         pcovs.append(pc)
@@ -42,14 +47,14 @@ def _numpy_smoother(p, ys):
     sm[T], sc[T] = means[T], covs[T]
     cross = [None] * T  # cross[n] = Cov(v_{n+1}, v_n | y)
     for n in range(T - 1, -1, -1):
-        G = covs[n] @ M.T @ np.linalg.inv(pcovs[n])
+        G = covs[n] @ transitions[n].T @ np.linalg.inv(pcovs[n])
         sm[n] = means[n] + G @ (sm[n + 1] - pmeans[n])
         sc[n] = covs[n] + G @ (sc[n + 1] - pcovs[n]) @ G.T
         cross[n] = sc[n + 1] @ G.T
     return np.array(sm), np.array(sc), np.array(cross), loglik
 
 
-def _numpy_em_step(p, sequences, free):
+def _numpy_em_step(p, sequences, free, observe_initial=False):
     """One EM iteration: statistics by explicit loops (missing entries of y_n conditioned on
     the observed ones by index sets, Shumway & Stoffer 2017 sec. 6.4), then the M-step."""
     dx, dy = p["M"].shape[0], p["H"].shape[0]
@@ -59,22 +64,24 @@ def _numpy_em_step(p, sequences, free):
     Ozz = np.zeros((dx + 1, dx + 1))
     Oyz = np.zeros((dy, dx + 1))
     Oyy = np.zeros((dy, dy))
-    init_sum, init_outer, count, total = np.zeros(dx), np.zeros((dx, dx)), 0, 0.0
+    init_sum, init_outer, count, n_transitions, total = np.zeros(dx), np.zeros((dx, dx)), 0, 0, 0.0
     for ys in sequences:
-        sm, sc, cross, loglik = _numpy_smoother(p, ys)
+        sm, sc, cross, loglik = _numpy_smoother(p, ys, observe_initial)
         total += loglik
         init_sum += sm[0]
         init_outer += sc[0] + np.outer(sm[0], sm[0])
         for n in range(1, len(ys) + 1):
-            z_prev = np.append(sm[n - 1], 1.0)
-            Ezz_prev = np.outer(z_prev, z_prev)
-            Ezz_prev[:dx, :dx] += sc[n - 1]
-            Szz += Ezz_prev
-            Exz = np.outer(sm[n], z_prev)
-            Exz[:, :dx] += cross[n - 1]
-            Sxz += Exz
             Exx = sc[n] + np.outer(sm[n], sm[n])
-            Sxx += Exx
+            if not (observe_initial and n == 1):
+                z_prev = np.append(sm[n - 1], 1.0)
+                Ezz_prev = np.outer(z_prev, z_prev)
+                Ezz_prev[:dx, :dx] += sc[n - 1]
+                Szz += Ezz_prev
+                Exz = np.outer(sm[n], z_prev)
+                Exz[:, :dx] += cross[n - 1]
+                Sxz += Exz
+                Sxx += Exx
+                n_transitions += 1
             z = np.append(sm[n], 1.0)
             Ezz = np.outer(z, z)
             Ezz[:dx, :dx] += sc[n]
@@ -103,7 +110,7 @@ def _numpy_em_step(p, sequences, free):
             Oyy += Eyy
             count += 1
 
-    def regression(W0, w0, free_W, free_w, Stz, Szz_, Stt):
+    def regression(W0, w0, free_W, free_w, Stz, Szz_, Stt, count):
         if free_W and free_w:
             joint = Stz @ np.linalg.inv(Szz_)
         elif free_W:
@@ -117,8 +124,8 @@ def _numpy_em_step(p, sequences, free):
         return joint[:, :-1], joint[:, -1], cov
 
     new = dict(p)
-    M, b, Q = regression(p["M"], p["b"], free["M"], free["b"], Sxz, Szz, Sxx)
-    H, d, R = regression(p["H"], p["d"], free["H"], free["d"], Oyz, Ozz, Oyy)
+    M, b, Q = regression(p["M"], p["b"], free["M"], free["b"], Sxz, Szz, Sxx, n_transitions)
+    H, d, R = regression(p["H"], p["d"], free["H"], free["d"], Oyz, Ozz, Oyy, count)
     B = len(sequences)
     m0 = init_sum / B if free["m0"] else p["m0"]
     C0 = init_outer / B - np.outer(init_sum / B, m0) - np.outer(m0, init_sum / B) + np.outer(m0, m0)
@@ -161,16 +168,17 @@ def _problem(seed=0, dx=3, dy=2, T=60, B=2):
     return guess, np.stack(sequences)
 
 
-@pytest.mark.parametrize("fixed", [(), ("observation", "init_cov", "dynamics_offset"), ("dynamics", "obs_offset")])
-def test_one_iteration_equals_the_numpy_transcription(fixed):
+@pytest.mark.parametrize("fixed,observe_initial", [((), False), (("observation", "init_cov", "dynamics_offset"), False),
+                                                   (("dynamics", "obs_offset"), False), ((), True)])
+def test_one_iteration_equals_the_numpy_transcription(fixed, observe_initial):
     guess, ys = _problem()
     free = {short: NAMES[short] not in fixed for short in NAMES}
-    expected, expected_loglik = _numpy_em_step(guess, list(ys), free)
-    result = em(_to_model(guess), ys, 2, fixed=fixed)  # entry 1 is the log-likelihood after one M-step
+    expected, expected_loglik = _numpy_em_step(guess, list(ys), free, observe_initial)
+    result = em(_to_model(guess), ys, 2, fixed=fixed, observe_initial=observe_initial)  # entry 1: after one M-step
     model = result.model
-    _, loglik_after = _numpy_em_step(expected, list(ys), free)
+    _, loglik_after = _numpy_em_step(expected, list(ys), free, observe_initial)
     np.testing.assert_allclose(result.log_likelihood, [expected_loglik, loglik_after], rtol=1e-10)
-    one = em(_to_model(guess), ys, 1, fixed=fixed).model
+    one = em(_to_model(guess), ys, 1, fixed=fixed, observe_initial=observe_initial).model
     for short, name in NAMES.items():
         np.testing.assert_allclose(getattr(one, name), expected[short], rtol=1e-9, atol=1e-10, err_msg=name)
     assert model.dynamics.shape == (3, 3)
@@ -225,6 +233,8 @@ def test_bad_input_is_named():
         em(model, ys[0], 2, fixed=("dynamcs",))
     with pytest.raises(ValueError, match="n_iterations"):
         em(model, ys[0], 0)
+    with pytest.raises(ValueError, match="observe_initial.*T >= 2"):
+        em(model, ys[0][:1], 2, observe_initial=True)
     with pytest.raises(ValueError, match=r"ys.*\(T, 2\)"):
         em(model, ys[0][:, :1], 2)
     varying = kx.LinearGaussianSSM(kx.TimeVarying(jnp.stack([model.dynamics] * 10)), model.observation,
