@@ -43,7 +43,6 @@ from .. import _checks
 from ..assimilate import assimilate
 from ..history import Save
 from ..linalg import cho_solve, symmetrize
-from ..smoothers.rts import backward_pass
 from ..ssm import LinearGaussianSSM
 from .em import observation_statistics
 
@@ -63,23 +62,35 @@ def log_likelihood_gradient(model: LinearGaussianSSM, ys, filtered, missing: boo
     """
     dtype = model.dtype
     dx, dy = model.dynamics.shape[0], model.observation.shape[0]
-    means, covs, _, _, _ = backward_pass(model, filtered)  # smoothed v_1..v_T
+    dynamics = model.dynamics
     previous_means = jnp.concatenate([model.init_mean[None], filtered.mean[:-1]])
     previous_covs = jnp.concatenate([model.init_cov[None], filtered.cov[:-1]])
+    eye = jnp.eye(dx, dtype=dtype)
 
-    def forecast_terms(pred_mean, pred_cov, smooth_mean, smooth_cov):
-        factor = jnp.linalg.cholesky(pred_cov)
-        a = cho_solve(factor, smooth_mean - pred_mean)
-        spread = cho_solve(factor, cho_solve(factor, smooth_cov - pred_cov).T)
-        return a, symmetrize(spread + jnp.outer(a, a)) / 2
+    # One reverse scan over n = T..1 fusing the RTS step with the gradient terms: the
+    # inverse forecast covariance P_n^{-1} serves both (G_{n-1} = (M C_{n-1})^T P_n^{-1}).
+    def step(carry, inputs):
+        smooth_mean, smooth_cov, sums = carry  # smoothed v_n; running sums
+        pred_mean, pred_cov, mean, cov = inputs  # forecast of v_n; filtered v_{n-1}
+        precision = cho_solve(jnp.linalg.cholesky(pred_cov), eye)
+        a = precision @ (smooth_mean - pred_mean)
+        spread = symmetrize(precision @ (smooth_cov - pred_cov) @ precision)
+        g = (spread + jnp.outer(a, a)) / 2
+        dynamics_cov = dynamics @ cov  # M C_{n-1}
+        sum_a, sum_g, sum_dynamics, _, _ = sums
+        sums = (sum_a + a, sum_g + g, sum_dynamics + jnp.outer(a, mean) + 2 * g @ dynamics_cov, a, g)
+        new_mean = mean + dynamics_cov.T @ a
+        new_cov = symmetrize(cov + dynamics_cov.T @ spread @ dynamics_cov)
+        return (new_mean, new_cov, sums), (smooth_mean, smooth_cov)
 
-    a, g = jax.vmap(forecast_terms)(filtered.forecast_mean, filtered.forecast_cov, means, covs)
-    dynamics = model.dynamics
-    grad_offset = a.sum(0)
-    grad_dynamics_cov = g.sum(0)
-    grad_dynamics = a.T @ previous_means + 2 * jnp.einsum("nij,jk,nkl->il", g, dynamics, previous_covs)
-    grad_init_mean = dynamics.T @ a[0]
-    grad_init_cov = symmetrize(dynamics.T @ g[0] @ dynamics)
+    zeros = (jnp.zeros(dx, dtype), jnp.zeros((dx, dx), dtype), jnp.zeros((dx, dx), dtype))
+    sums = zeros + (jnp.zeros(dx, dtype), jnp.zeros((dx, dx), dtype))
+    carry = (filtered.mean[-1], filtered.cov[-1], sums)
+    inputs = (filtered.forecast_mean, filtered.forecast_cov, previous_means, previous_covs)
+    (_, _, sums), (means, covs) = jax.lax.scan(step, carry, inputs, reverse=True)
+    grad_offset, grad_dynamics_cov, grad_dynamics, first_a, first_g = sums  # first_*: of cycle n = 1
+    grad_init_mean = dynamics.T @ first_a
+    grad_init_cov = symmetrize(dynamics.T @ first_g @ dynamics)
 
     obs_zz, obs_yz, obs_yy, y_mean = observation_statistics(model, ys, means, covs, missing)
     obs_offset = _offset(model.obs_offset, dy, dtype)
