@@ -42,6 +42,9 @@ def test_checkpointed_gradients_equal_plain_gradients_for_an_ensemble_filter():
     checkpointed = jax.value_and_grad(loss)(1.05, kx.CheckpointedScan(7))
     np.testing.assert_allclose(checkpointed[0], plain[0], rtol=1e-12)
     np.testing.assert_allclose(checkpointed[1], plain[1], rtol=1e-10)
+    rematerialised = jax.value_and_grad(loss)(1.05, kx.SequentialScan(remat=True))
+    np.testing.assert_allclose(rematerialised[0], plain[0], rtol=1e-12)
+    np.testing.assert_allclose(rematerialised[1], plain[1], rtol=1e-10)
 
 
 def test_checkpointing_bounds_the_memory_of_a_long_gradient():

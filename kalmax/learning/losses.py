@@ -33,10 +33,19 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ..assimilate import assimilate
 from ..history import Save
-from ..loops import AbstractTimeLoop
+from ..loops import AbstractTimeLoop, SequentialScan, default_loop
 from ..filters.kalman import KalmanFilter
 from ..ssm import LinearGaussianSSM
 from .fisher import kalman_negative_log_likelihood
+
+
+def _differentiable_loop(model, method, loop):
+    """The loop a loss runs: the given one, else the driver's default with per-cycle
+    rematerialisation where that is the plain scan (`SequentialScan(remat=True)`)."""
+    if loop is not None:
+        return loop
+    chosen = default_loop(model, method, False)
+    return SequentialScan(remat=True) if isinstance(chosen, SequentialScan) else chosen
 
 
 def _unpack(pair, who: str):
@@ -68,7 +77,8 @@ def negative_log_likelihood(
         key: PRNG key for random methods (fixed across training steps for
             reparameterised noise).
         loop: the time loop (e.g. `kx.CheckpointedScan()` for long runs: O(sqrt(T))
-            memory for the gradient).
+            memory for the gradient); None: the driver's default, with the plain scan
+            as `kx.SequentialScan(remat=True)` (cheaper gradients, same values).
         gradient: how reverse-mode derivatives are taken. "autodiff": through the
             filter. "fisher": for a Kalman filter on a time-invariant
             `LinearGaussianSSM`, the exact gradient in closed form from one RTS
@@ -89,6 +99,7 @@ def negative_log_likelihood(
         )
     if fisher and gradient != "autodiff":
         return kalman_negative_log_likelihood(model, method, jnp.asarray(ys, model.dtype), loop=loop)
+    loop = _differentiable_loop(model, method, loop)
     _, history = assimilate(model, method, ys, key, save=Save(mean=False), throw=False, loop=loop)
     return -jnp.sum(history.info.log_likelihood)
 
@@ -120,13 +131,14 @@ def forecast_error(
         ys: (T, dy) observations, T > lead.
         key: PRNG key for random methods.
         lead: forecast length in cycles (static int >= 1).
-        loop: the time loop of the filter run.
+        loop: the time loop of the filter run (None: as in `negative_log_likelihood`).
     """
     model, method = _unpack(pair, "forecast_error")
     if isinstance(lead, bool) or not isinstance(lead, int) or lead < 1:
         raise ValueError(f"`lead` must be a positive int; got {lead!r}")
     if ys.shape[0] <= lead:
         raise ValueError(f"`ys` has {ys.shape[0]} cycles: a `lead` of {lead} needs more than {lead}")
+    loop = _differentiable_loop(model, method, loop)
     _, history = assimilate(model, method, ys, key, save=Save(), throw=False, loop=loop)
 
     def predict(mean):
@@ -164,7 +176,7 @@ def truncated_negative_log_likelihood(
         ys: (T, dy) observations.
         key: PRNG key for random methods.
         window: cycles per window (static int, 1 <= window <= T).
-        loop: the time loop within each window.
+        loop: the time loop within each window (None: as in `negative_log_likelihood`).
     """
     model, method = _unpack(pair, "truncated_negative_log_likelihood")
     n_cycles = ys.shape[0]
@@ -176,6 +188,7 @@ def truncated_negative_log_likelihood(
     model = method.prepare_model(model)
     state = method.init(model, key)
     n_windows, rest = divmod(n_cycles, window)
+    loop = _differentiable_loop(model, method, loop)
 
     def run(state, ys_window, index):
         window_key = None if key is None else jax.random.fold_in(key, index)
