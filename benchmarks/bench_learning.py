@@ -165,7 +165,8 @@ def exp_hyper(args):
     dim, n_members = 40, 10
     n_epochs = 40 if args.quick else 120
     test_cycles = 500 if args.quick else 2000
-    _, ys, first = l96_sequences(jax.random.key(7), 4, 200, 0.0)
+    burn_in = 100
+    _, ys, first = l96_sequences(jax.random.key(7), 4, 300, 0.0)
 
     def loss(params, data, key):
         ys, first = data
@@ -173,7 +174,7 @@ def exp_hyper(args):
 
         def one(y, start, k):
             model = l96_model(8.0, None, start, kx.ScalarCovariance(1.0, dim))
-            return negative_log_likelihood((model, method), y, k)
+            return negative_log_likelihood((model, method), y, k, burn_in=burn_in)
 
         return jnp.sum(jax.vmap(one)(ys, first, jax.random.split(key, ys.shape[0]))) / ys.size
 
@@ -519,8 +520,11 @@ def render(results: dict, machine: dict) -> str:
     if "hyper" in results:
         r = results["hyper"]
         out += ["## 3. LETKF inflation and radius by gradient against a sweep", "",
-                f"LETKF N = 10, d = 40, R = I. Gradient fit: {r['epochs']} Adam steps on the ensemble negative "
-                f"log-likelihood of 4 x 200 observations ({common.fmt_time(r['fit_wall_s'])} wall, "
+                f"LETKF N = 10, d = 40, R = I. Gradient fit: {r['epochs']} Adam(0.05) steps from (1.2, 2) on the "
+                "localised ensemble negative log-likelihood (`LETKF(localized_likelihood=True)`) of 4 x 300 "
+                "observations, the first 100 cycles of each left out (`burn_in=100`: the spin-up from a cold "
+                "start otherwise favours short radii, measured: radius 4.6, RMSE 11% above the best) "
+                f"({common.fmt_time(r['fit_wall_s'])} wall, "
                 f"{common.fmt_time(r['fit_cpu_s'])} CPU). Sweep: {len(r['inflations'])} x {len(r['radii'])} grid, "
                 f"2 seeds x {r['test_cycles']} cycles each ({common.fmt_time(r['sweep_wall_s'])} wall, "
                 f"{common.fmt_time(r['sweep_cpu_s'])} CPU). Both scored on the same twin runs.", "",

@@ -37,6 +37,19 @@ def test_negative_log_likelihood_is_the_filters_and_its_gradient_matches_finite_
         np.testing.assert_allclose(grad[i, j], fd, rtol=1e-6, atol=1e-8)
 
 
+def test_burn_in_leaves_out_the_first_terms_and_its_gradient_is_consistent():
+    model, ys = _linear()
+    pair = (model, kx.KalmanFilter(steady_state=False))
+    _, history = kx.assimilate(model, pair[1], ys)
+    value = negative_log_likelihood(pair, ys, burn_in=10)
+    np.testing.assert_allclose(value, -jnp.sum(history.info.log_likelihood[10:]), rtol=1e-13)
+    # the gradient of the later terms = full gradient - gradient of the first ten (closed form for both)
+    full = eqx.filter_grad(negative_log_likelihood)(pair, ys)[0].dynamics
+    early = eqx.filter_grad(negative_log_likelihood)(pair, ys[:10])[0].dynamics
+    late = eqx.filter_grad(lambda p, y: negative_log_likelihood(p, y, burn_in=10))(pair, ys)[0].dynamics
+    np.testing.assert_allclose(late, full - early, rtol=1e-8, atol=1e-10)
+
+
 @pytest.mark.parametrize("window", [40, 7])
 def test_truncated_likelihood_keeps_the_value_and_with_one_window_the_gradient(window):
     model, ys = _linear()
@@ -90,3 +103,7 @@ def test_bad_arguments_are_named():
         forecast_error(pair, ys, lead=0)
     with pytest.raises(TypeError, match=r"the pair \(model, method\)"):
         negative_log_likelihood(model, ys)
+    with pytest.raises(ValueError, match="`burn_in` must be an int in"):
+        negative_log_likelihood(pair, ys, burn_in=40)
+    with pytest.raises(ValueError, match="burn_in"):
+        negative_log_likelihood(pair, ys, gradient="fisher", burn_in=5)
