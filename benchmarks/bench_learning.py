@@ -243,8 +243,18 @@ def two_scale_filter_model(init_mean, obs_var=0.1):
                               kx.DiagonalCovariance(jnp.concatenate([jnp.ones(8), 0.05 * jnp.ones(256)])))
 
 
+class ScaledMLP(eqx.Module):
+    """g(s) = 10 mlp(s / 10): the stencil and the coupling term are O(10), the network's
+    inputs and outputs O(1)."""
+
+    mlp: eqx.nn.MLP
+
+    def __call__(self, stencil):
+        return 10.0 * self.mlp(stencil / 10.0)
+
+
 class ClosureParameters(eqx.Module):
-    network: eqx.nn.MLP
+    network: ScaledMLP
     model_error: Positive
 
 
@@ -273,8 +283,8 @@ def exp_closure(args):
 
     network = eqx.nn.MLP(3, "scalar", 32, 2, activation=jax.nn.tanh, key=jax.random.key(21))
     network = eqx.tree_at(lambda n: n.layers[-1].weight, network, 0.01 * network.layers[-1].weight)
-    initial = ClosureParameters(network, Positive(0.1))
-    schedule = optax.adam(optax.exponential_decay(3e-3, n_epochs, 0.1))
+    initial = ClosureParameters(ScaledMLP(network), Positive(0.1))
+    schedule = optax.adam(1e-2)
     t0, c0 = time.perf_counter(), time.process_time()
     result = fit(loss, initial, (ys_train, first_train), schedule, n_epochs, jax.random.key(22), progress=False)
     fit_wall, fit_cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -503,12 +513,14 @@ def render(results: dict, machine: dict) -> str:
     if "closure" in results:
         r = results["closure"]
         out += ["## 2. Neural closure of the two-scale Lorenz-96", "",
-                f"MLP(3 -> 32 -> 32 -> 1, tanh) of the stencil (X_{{k-1}}, X_k, X_{{k+1}}), shared across k, and a "
-                f"scalar model-error variance, learned through an ETKF (N = 20) on the one-scale model by "
+                f"10 MLP(stencil / 10), MLP 3 -> 32 -> 32 -> 1 (tanh), of the stencil (X_{{k-1}}, X_k, X_{{k+1}}), "
+                "shared across k (starting near zero), and a scalar model-error variance, learned with Adam(0.01) "
+                "through an ETKF (N = 20, inflation 1.02) on the one-scale model (RK4, dt = 0.01) by "
                 f"TBPTT (window 50) over 4 x 200 observations of X (R = 0.1 I, every 0.05), {r['epochs']} epochs "
                 f"({common.fmt_time(r['fit_wall_s'])}). Test: a fresh sequence; free forecasts from the analyses "
-                "every 10 cycles. Learned closure against the true coupling term on the test truth: relative RMS "
-                f"error {r['closure_relative_error']:.2f}.", ""]
+                "every 10 cycles. Learned closure against the true coupling term -(hc/b) sum_j Y_jk on the test "
+                f"truth: relative RMS error {r['closure_relative_error']:.2f} (the best cubic polynomial of X_k fitted "
+                "to the truth, Arnold et al.'s form: 0.40).", ""]
         rows = []
         for name, s in r["scores"].items():
             rows.append([name, f"{s['analysis_rmse']:.4f}",
