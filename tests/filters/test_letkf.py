@@ -476,13 +476,14 @@ def test_localized_likelihood_against_a_numpy_transcription_and_its_radius_gradi
     np.testing.assert_allclose(got, expected, rtol=1e-12)
 
     # in a filter run: finite, and a smooth function of the radius
-    d = 20
+    d = 12
     model = kx.StateSpaceModel(Flow(Lorenz96(d, 8.0), RK4(0.05, 1)), kx.IndexObservation(range(d), d), None,
                                jnp.eye(d), 8.0 + jnp.sin(jnp.arange(d, dtype=jnp.float64)), jnp.eye(d))
-    _, ys = kx.simulate(model, jax.random.key(0), 30)
+    _, ys = kx.simulate(model, jax.random.key(0), 15)
 
+    @jax.jit
     def loss(radius):
-        loc = kx.Localization(kx.Periodic1D(d), kx.GaspariCohn(radius, max_radius=10.0))
+        loc = kx.Localization(kx.Periodic1D(d), kx.GaspariCohn(radius, max_radius=6.0))
         _, history = kx.assimilate(model, kx.LETKF(8, loc, inflation=1.02, localized_likelihood=True), ys,
                                    jax.random.key(1), save=kx.Save(mean=False))
         return jnp.sum(history.info.log_likelihood)

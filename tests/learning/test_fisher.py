@@ -53,7 +53,7 @@ def test_fisher_gradient_equals_reverse_mode(method, missing):
 
 
 def test_fisher_is_the_default_and_works_without_offsets_in_float32_and_under_vmap():
-    model, ys = _problem(jnp.float32, offsets=False)
+    model, ys = _problem(jnp.float32, offsets=False, T=20)
     method = kx.KalmanFilter(steady_state=False)
     value, (grad, _) = _grads(model, method, ys, "auto")
     value_a, (grad_a, _) = _grads(model, method, ys, "autodiff")
@@ -67,7 +67,7 @@ def test_fisher_is_the_default_and_works_without_offsets_in_float32_and_under_vm
 
 
 def test_gradient_choice_is_checked():
-    model, ys = _problem()
+    model, ys = _problem(T=8)
     with pytest.raises(ValueError, match="gradient"):
         negative_log_likelihood((model, kx.KalmanFilter()), ys, gradient="adjoint")
     nonlinear = kx.StateSpaceModel(lambda v: 0.9 * v, jnp.eye(2, 3), jnp.eye(3), jnp.eye(2), jnp.zeros(3), jnp.eye(3))
