@@ -1,6 +1,7 @@
 """The examples run and show what they claim (small sizes)."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 def load(name):
     spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses (equinox Modules) look their module up
     spec.loader.exec_module(module)
     return module
 
@@ -47,4 +49,13 @@ def test_darcy_inversion_example_recovers_the_field(tmp_path):
     assert runs["UKI"]["error"] < out["prior_error"] / 3
     assert "EKI" in example.table(out)
     path = example.plot(out, str(tmp_path / "darcy.png"))
+    assert Path(path).stat().st_size > 10_000
+
+
+def test_learning_example_moves_the_forcing_towards_the_truth_both_ways(tmp_path):
+    example = load("learn_lorenz96")
+    out = example.run(dim=12, n_sequences=1, n_obs=60, n_epochs=20, n_members=16)
+    assert abs(out["forcing"][-1] - 8.0) < abs(6.0 - 8.0) / 2  # halfway or better in 20 epochs
+    assert abs(np.mean(out["augmented_forcing"][-20:]) - 8.0) < 0.3
+    path = example.plot(out, str(tmp_path / "learn.png"))
     assert Path(path).stat().st_size > 10_000
