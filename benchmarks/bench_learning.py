@@ -137,7 +137,10 @@ def exp_adenkf(args, scalar=False, n_seeds=None):
         _, ys, first = l96_sequences(key_data, 4, 150, 0.1)
         initial = ADEnKFParameters(jnp.asarray(6.0), Positive(jnp.ones(() if scalar else dim)))
         t0, c0 = time.perf_counter(), time.process_time()
-        result = fit(loss, initial, (ys, first), optax.adam(0.1), n_epochs, key_fit, progress=False)
+        # Adam from lr 0.1, decayed tenfold over the run: a constant 0.1 leaves the last iterate
+        # jittering by ~0.05 in F around the optimum (measured: |F - 8| = 0.065 in one seed of four)
+        schedule = optax.exponential_decay(0.1, n_epochs, 0.1)
+        result = fit(loss, initial, (ys, first), optax.adam(schedule), n_epochs, key_fit, progress=False)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         q = np.asarray(result.learned.model_error.value)
         forcing = float(result.learned.forcing)
@@ -525,7 +528,8 @@ def render(results: dict, machine: dict) -> str:
         s = r["settings"]
         out += ["## 1. AD-EnKF on Lorenz-96: forcing and model-error covariance", "",
                 f"LETKF N = {s['members']}, Gaspari-Cohn radius {s['radius']}, {s['sequences']} sequences x "
-                f"{s['observations']} observations, TBPTT window {s['window']}, Adam({s['lr']}), {s['epochs']} epochs; "
+                f"{s['observations']} observations, TBPTT window {s['window']}, Adam({s['lr']}, decayed to "
+                f"{s['lr'] / 10:g} over the run), {s['epochs']} epochs; "
                 "truth F = 8, Q = 0.1 I; start F = 6, Q = I. Target |F - 8| < 0.05 and each diag Q within 30% of 0.1.", ""]
         rows = [[x["seed"], f"{x['forcing']:.4f}", f"{x['q_min']:.4f}", f"{x['q_mean']:.4f}", f"{x['q_max']:.4f}",
                  f"{100 * x['q_worst_rel']:.0f}%", common.fmt_time(x["wall_s"]), "yes" if x["passed"] else "**no**"]
