@@ -589,7 +589,7 @@ def render(results: dict, machine: dict) -> str:
                     f"closure, fitted on the training truths) in the same ETKF reaches {best['analysis_rmse']:.4f} at "
                     f"its best model-error variance ({best['model_error']}): a deterministic local closure, learned "
                     "or fitted, stays about 40% above the filter that runs the fast variables; the unresolved part "
-                    "of the coupling (40% of its variance here) acts as model error. A stochastic or memory "
+                    "of the coupling (40% of its standard deviation here) acts as model error. A stochastic or memory "
                     "closure (Arnold et al.'s AR(1) term) is what would close that gap.", ""]
     if "hyper" in results:
         r = results["hyper"]
