@@ -32,6 +32,12 @@ maximises the expected complete-data log-likelihood over the free fields and
 the marginal log-likelihood log p(y_{1:T}) cannot decrease. An offset that is
 `None` in the model stays `None` (give a zero offset to learn it). Several
 independent sequences (ys of shape (B, T, dy)) add their statistics.
+
+Other libraries (dynamax, pykalman, statsmodels) let y_1 observe the initial
+state itself; `observe_initial=True` fits that model (an identity first
+transition without noise, so the sums over transitions run over n = 2..T and
+(m_0, C_0) is the law of the first observed state): kalmax's iterations then
+equal dynamax's `fit_em` (benchmarks/results/learning.md).
 """
 
 from __future__ import annotations
