@@ -1,5 +1,6 @@
 """Test configuration: float64 available and strict dtype promotion everywhere."""
 
+import gc
 import os
 
 # jaxlib's CPU linear algebra calls SciPy's OpenBLAS, which by default starts a
@@ -9,9 +10,24 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 threadpool_limits(1, user_api="blas")
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def release_compiled_programs():
+    """Frees every compiled program when a test module ends.
+
+    Each XLA:CPU executable holds a few memory mappings (code, constants, data) for as
+    long as JAX caches it; one process running the whole suite compiles thousands of
+    programs and crossed Linux's limit of 65,530 mappings per process (vm.max_map_count),
+    after which XLA's compiler crashed (SIGSEGV / SIGABRT) in whichever test compiled next.
+    """
+    yield
+    jax.clear_caches()
+    gc.collect()
