@@ -113,7 +113,17 @@ def exp_adenkf_scalar(args):
     return exp_adenkf(args, scalar=True, n_seeds=1)
 
 
-def exp_adenkf(args, scalar=False, n_seeds=None):
+def exp_adenkf_from_truth(args):
+    """Seed 0 of the AD-EnKF set-up fitted twice, from (6, I) and from the truth (8, 0.1 I): if
+    both reach the same 40 variances, their scatter is where the data put the optimum (the
+    estimator's spread), not a failure to converge."""
+    starts = {"F = 6, Q = I": (6.0, 1.0), "truth: F = 8, Q = 0.1 I": (8.0, 0.1)}
+    runs = {name: exp_adenkf(args, n_seeds=1, start=start)["rows"][0] for name, start in starts.items()}
+    a, b = (np.asarray(r["q"]) for r in runs.values())
+    return dict(runs=runs, q_max_diff=float(np.max(np.abs(a - b))), q_correlation=float(np.corrcoef(a, b)[0, 1]))
+
+
+def exp_adenkf(args, scalar=False, n_seeds=None, start=(6.0, 1.0)):
     n_seeds = n_seeds or (1 if args.quick else 4)
     n_epochs = 30 if args.quick else 150
     dim, n_members = 40, 50
@@ -135,7 +145,7 @@ def exp_adenkf(args, scalar=False, n_seeds=None):
     for seed in range(n_seeds):
         key_data, key_fit = jax.random.split(jax.random.key(100 + seed))
         _, ys, first = l96_sequences(key_data, 4, 150, 0.1)
-        initial = ADEnKFParameters(jnp.asarray(6.0), Positive(jnp.ones(() if scalar else dim)))
+        initial = ADEnKFParameters(jnp.asarray(start[0]), Positive(jnp.full(() if scalar else dim, start[1])))
         t0, c0 = time.perf_counter(), time.process_time()
         # Adam from lr 0.1, decayed tenfold over the run: a constant 0.1 leaves the last iterate
         # jittering by ~0.05 in F around the optimum (measured: |F - 8| = 0.065 in one seed of four)
@@ -145,7 +155,7 @@ def exp_adenkf(args, scalar=False, n_seeds=None):
         q = np.asarray(result.learned.model_error.value)
         forcing = float(result.learned.forcing)
         rows.append(dict(seed=seed, forcing=forcing, q_min=float(q.min()), q_max=float(q.max()),
-                         q_mean=float(q.mean()), q_worst_rel=float(np.max(np.abs(q / 0.1 - 1))),
+                         q_mean=float(q.mean()), q_worst_rel=float(np.max(np.abs(q / 0.1 - 1))), q=q.tolist(),
                          loss_first=float(result.losses[0]), loss_last=float(result.losses[-1]),
                          wall_s=wall, cpu_s=cpu, epochs=n_epochs,
                          passed=bool(abs(forcing - 8) < 0.05 and np.all(np.abs(q / 0.1 - 1) < 0.3))))
@@ -351,26 +361,58 @@ def exp_closure(args):
                             and learned_s["time_to_rmse_1"] >= 2 * none_s["time_to_rmse_1"]))
 
 
+class ClosureWithForcing(eqx.Module):
+    """The one-scale model with a closure plus an unresolved forcing e_k estimated by the
+    filter as part of the state (z = [X, e], 2K): dX/dt = L96(X) + g(X) + e, de/dt = -decay e;
+    the model noise on e makes it an Ornstein-Uhlenbeck (AR(1)) term, Arnold et al.'s
+    stochastic closure with memory."""
+
+    base: Lorenz96Closure
+    decay: jax.Array
+
+    @property
+    def state_dim(self) -> int:
+        return 2 * self.base.dim
+
+    def vector_field(self, state):
+        x, e = jnp.split(state, 2)
+        return jnp.concatenate([self.base.vector_field(x) + e, -self.decay * e])
+
+
 def exp_closure_oracle(args):
-    """The best closure of this form one could learn: the cubic polynomial of X_k fitted to the
+    """The best closures of this form one could learn: the cubic polynomial of X_k fitted to the
     true coupling term on the training truths (Arnold et al. 2013's deterministic closure),
-    in the same ETKF on the same test sequence, for a few model-error variances."""
+    in the same ETKF on the same test sequence, for a few model-error variances; and the same
+    cubic plus an AR(1) forcing per slow variable carried in the filter's state."""
     truths, _ = two_scale_data(jax.random.key(20), 4, 200)
     coupling = jax.vmap(jax.vmap(Lorenz96TwoScale().coupling_term))(truths)
     coefficients = jnp.asarray(np.polyfit(np.asarray(truths[..., :8]).ravel(), np.asarray(coupling).ravel(), 3))
+    residual = np.asarray(coupling) - np.polyval(np.asarray(coefficients), np.asarray(truths[..., :8]))
+    residual_lag1 = float(np.mean(residual[:, 1:] * residual[:, :-1]) / np.mean(residual**2))
     n_test = 300 if args.quick else 1000
     test_truth, test_ys = two_scale_data(jax.random.key(30), 1, n_test)
     test_truth, test_ys = test_truth[0], test_ys[0]
     start = test_truth[0, :8] + math.sqrt(0.1) * jax.random.normal(jax.random.key(31), (8,))
     method = kx.EnKF(20, kx.SquareRoot(), inflation=1.02)
-    rows = []
+    cubic = Lorenz96Closure(8, 20.0, lambda stencil: jnp.polyval(coefficients, stencil[1]))
+    rows, forcing_rows = [], []
     for variance in (0.01, 0.03, 0.1):
-        model = one_scale_model(lambda stencil: jnp.polyval(coefficients, stencil[1]), start, variance)
+        model = one_scale_model(cubic.closure, start, variance)
         _, history = kx.assimilate(model, method, test_ys, jax.random.key(32))
         error = np.asarray(history.mean[100:]) - np.asarray(test_truth[101:, :8])
         rows.append(dict(model_error=variance, analysis_rmse=float(np.sqrt(np.mean(error**2)))))
-    print(f"closure oracle: {rows}", flush=True)
-    return dict(rows=rows, coefficients=np.asarray(coefficients).tolist())
+    for decay, forcing_variance in ((2.0, 0.3), (2.0, 1.0), (0.5, 0.3), (10.0, 1.0)):
+        noise = kx.DiagonalCovariance(jnp.concatenate([jnp.full(8, 0.01), jnp.full(8, forcing_variance)]))
+        init_cov = kx.DiagonalCovariance(jnp.concatenate([jnp.ones(8), jnp.full(8, float(residual.var()))]))
+        model = kx.StateSpaceModel(Flow(ClosureWithForcing(cubic, jnp.asarray(decay)), RK4(0.01, 5)), jnp.eye(8, 16),
+                                   noise, kx.ScalarCovariance(0.1, 8), jnp.concatenate([start, jnp.zeros(8)]), init_cov)
+        _, history = kx.assimilate(model, method, test_ys, jax.random.key(32))
+        error = np.asarray(history.mean[100:, :8]) - np.asarray(test_truth[101:, :8])
+        forcing_rows.append(dict(decay=decay, forcing_variance=forcing_variance,
+                                 analysis_rmse=float(np.sqrt(np.mean(error**2)))))
+    print(f"closure oracle: {rows} {forcing_rows} residual lag-1 autocorrelation {residual_lag1:.2f}", flush=True)
+    return dict(rows=rows, forcing_rows=forcing_rows, coefficients=np.asarray(coefficients).tolist(),
+                residual_std=float(residual.std()), residual_lag1=residual_lag1)
 
 
 # ------------------------------------------------------------------ 4. EM
@@ -540,7 +582,7 @@ def exp_cost(args):
 # ------------------------------------------------------------------ report
 
 EXPERIMENTS = {"em": exp_em, "cost": exp_cost, "hyper": exp_hyper, "adenkf": exp_adenkf,
-               "adenkf_scalar": exp_adenkf_scalar, "closure": exp_closure, "closure_oracle": exp_closure_oracle}
+               "adenkf_scalar": exp_adenkf_scalar, "adenkf_from_truth": exp_adenkf_from_truth, "closure": exp_closure, "closure_oracle": exp_closure_oracle}
 
 
 def render(results: dict, machine: dict) -> str:
@@ -564,6 +606,18 @@ def render(results: dict, machine: dict) -> str:
                 f"q = {x['q_mean']:.4f} ({100 * x['q_worst_rel']:.0f}% from 0.1). With 40 variances, the scatter of the "
                 "individual entries around their mean is the spread of the estimator from 600 observations, not a "
                 "bias: the data fix the size of Q, not each of its 40 entries.", ""]
+    if "adenkf_from_truth" in results:
+        r = results["adenkf_from_truth"]
+        rows = [[name, f"{x['forcing']:.4f}", f"{x['q_min']:.4f}", f"{x['q_mean']:.4f}", f"{x['q_max']:.4f}"]
+                for name, x in r["runs"].items()]
+        out += ["Seed 0 fitted again from the truth (F = 8, Q = 0.1 I), same schedule:", "",
+                common.markdown_table(["start", "F", "min Q", "mean Q", "max Q"], rows), "",
+                f"The two fits' 40 variances differ by at most {r['q_max_diff']:.4f} (correlation "
+                f"{r['q_correlation']:.3f}): "
+                + ("started at the truth, the fit moves to the same scattered variances, so the scatter is where "
+                   "this data set's likelihood peaks; no optimiser setting can bring every entry within 30% of 0.1 "
+                   "from 600 observations." if r["q_correlation"] > 0.9 else
+                   "the fit's end point depends on its start: the optimiser has not converged."), ""]
     if "closure" in results:
         r = results["closure"]
         out += ["## 2. Neural closure of the two-scale Lorenz-96", "",
@@ -585,12 +639,25 @@ def render(results: dict, machine: dict) -> str:
                 f"{'met' if r['passed'] else '**not met**'}.", ""]
         if "closure_oracle" in results:
             best = min(results["closure_oracle"]["rows"], key=lambda x: x["analysis_rmse"])
-            out += [f"Oracle: the cubic of X_k fitted to the true coupling term (Arnold et al.'s deterministic "
+            oracle = results["closure_oracle"]
+            best = min(oracle["rows"], key=lambda x: x["analysis_rmse"])
+            out += [f"Oracles: the cubic of X_k fitted to the true coupling term (Arnold et al.'s deterministic "
                     f"closure, fitted on the training truths) in the same ETKF reaches {best['analysis_rmse']:.4f} at "
                     f"its best model-error variance ({best['model_error']}): a deterministic local closure, learned "
                     "or fitted, stays about 40% above the filter that runs the fast variables; the unresolved part "
-                    "of the coupling (40% of its standard deviation here) acts as model error. A stochastic or memory "
-                    "closure (Arnold et al.'s AR(1) term) is what would close that gap.", ""]
+                    "of the coupling acts as model error."]
+            if "forcing_rows" in oracle:
+                best_forcing = min(oracle["forcing_rows"], key=lambda x: x["analysis_rmse"])
+                out[-1] += (f" Its residual (std {oracle['residual_std']:.2f}) has a lag-0.05 autocorrelation of "
+                            f"{oracle['residual_lag1']:.2f}: it is nearly white at the observation interval, so a "
+                            "memory term cannot predict it. Measured: the cubic plus an AR(1) forcing per slow "
+                            "variable carried in the filter's state (decay rate and forcing variance on a grid) "
+                            f"reaches at best {best_forcing['analysis_rmse']:.4f} (decay {best_forcing['decay']}, "
+                            f"variance {best_forcing['forcing_variance']}).")
+                out += ["", common.markdown_table(["AR(1) decay rate", "forcing variance / cycle", "analysis RMSE"], [
+                    [f"{x['decay']}", f"{x['forcing_variance']}", f"{x['analysis_rmse']:.4f}"]
+                    for x in oracle["forcing_rows"]])]
+            out += [""]
     if "hyper" in results:
         r = results["hyper"]
         out += ["## 3. LETKF inflation and radius by gradient against a sweep", "",
