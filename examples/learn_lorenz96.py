@@ -39,7 +39,7 @@ def model(forcing, variance, init_mean, dim):
                               noise, kx.ScalarCovariance(1.0, dim), init_mean, kx.ScalarCovariance(1.0, dim))
 
 
-def run(dim=40, n_sequences=2, n_obs=100, n_epochs=60, n_members=30, n_augment=300, seed=0):
+def run(dim=40, n_sequences=2, n_obs=100, n_epochs=60, n_members=30, n_augment=300, learning_rate=0.1, seed=0):
     """Returns a dict with the learning curves (`n_sequences` records of `n_obs` cycles) and the
     forcing estimated by the augmented filter over one record of `n_augment` cycles."""
     keys = jax.random.split(jax.random.key(seed), n_sequences + 3)
@@ -67,7 +67,7 @@ def run(dim=40, n_sequences=2, n_obs=100, n_epochs=60, n_members=30, n_augment=3
     # the loop of `kx.learning.fit`, written out to record the path of the parameters
     forcings, variances = [], []
     params = Parameters(jnp.asarray(6.0), Positive(1.0))
-    optimizer = optax.adam(0.1)
+    optimizer = optax.adam(learning_rate)
     spec = jax.tree_util.tree_map(eqx.is_inexact_array, params)
     step = make_step(loss, optimizer, spec)
     opt_state = optimizer.init(eqx.filter(params, spec))

@@ -105,3 +105,46 @@ def check_positive_definite(name: str, cov) -> None:
 def check_finite(name: str, array) -> None:
     if is_concrete(array) and not np.all(np.isfinite(np.asarray(array))):
         raise ValueError(f"`{name}` has non-finite entries (NaN or inf)")
+
+
+def check_key(name: str, key, required: bool = True, what: str = "") -> None:
+    """Require one JAX PRNG key: a typed key (`jax.random.key(seed)`, shape ()) or a legacy
+    raw key (`jax.random.PRNGKey(seed)`, uint32 of shape (2,)). Works on tracers (only the
+    dtype and shape are read). `what` says why the key is needed (for None)."""
+    if key is None:
+        if required:
+            raise ValueError(f"`{name}` is required{what}; pass jax.random.key(seed)")
+        return
+    dtype, shape = getattr(key, "dtype", None), getattr(key, "shape", None)
+    if dtype is None or not isinstance(key, (jax.Array, np.ndarray)):
+        raise TypeError(f"`{name}` must be a JAX PRNG key, e.g. jax.random.key(0); got {type(key).__name__}"
+                        + (f" {key!r}" if isinstance(key, (int, float)) else ""))
+    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        if shape != ():
+            raise ValueError(f"`{name}` must be one PRNG key (shape ()); got a batch of keys of shape {shape}: "
+                             "pass one key, or vmap over the batch")
+        return
+    if dtype == np.uint32 and shape == (2,):
+        return  # legacy raw key, jax.random.PRNGKey(seed)
+    if dtype == np.uint32 and len(shape) >= 2 and shape[-1] == 2:
+        raise ValueError(f"`{name}` must be one PRNG key; got a batch of raw keys of shape {shape}: "
+                         "pass one key, or vmap over the batch")
+    raise TypeError(f"`{name}` must be a JAX PRNG key, e.g. jax.random.key(0); got an array of dtype {dtype} "
+                    f"and shape {shape}")
+
+
+def as_count(name: str, value, minimum: int = 1) -> int:
+    """A Python int >= minimum from an int (or a NumPy / concrete JAX integer scalar);
+    floats and bools are refused (10.5 steps is a mistake, not 10)."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be an integer >= {minimum}; got the bool {value}")
+    if isinstance(value, (int, np.integer)):
+        count = int(value)
+    elif isinstance(value, (np.ndarray, jax.Array)) and value.shape == () and is_concrete(value) \
+            and jnp.issubdtype(value.dtype, jnp.integer):
+        count = int(value)
+    else:
+        raise TypeError(f"`{name}` must be an integer >= {minimum}; got {type(value).__name__} {value!r}")
+    if count < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}; got {count}")
+    return count

@@ -28,6 +28,8 @@ def check_observations(model, ys, name: str = "ys") -> jax.Array:
     """Validate a (T, dy) observation array against a model; NaN marks missing entries."""
     ys = _checks.as_float_array(name, ys)
     _checks.check_ndim(name, ys, 2, "a (T, dy) array of observations, time first")
+    if ys.shape[0] == 0:
+        raise ValueError(f"`{name}` has no cycles (shape {tuple(ys.shape)}): give at least one observation time")
     dy = model.obs_dim
     if ys.shape[1] != dy:
         raise ValueError(
@@ -141,10 +143,7 @@ def assimilate(
             f"`method` must be a kalmax filter (a subclass of kalmax.filters.AbstractFilter, e.g. kx.KalmanFilter()); "
             f"got {type(method).__name__}"
         )
-    if method.stochastic and key is None:
-        raise ValueError(
-            f"`key` is required: {type(method).__name__} is stochastic; pass jax.random.key(seed)"
-        )
+    _checks.check_key("key", key, required=method.stochastic, what=f": {type(method).__name__} is stochastic")
     if not isinstance(save, eqx.Module) or not callable(save):
         raise TypeError(f"`save` must be a kalmax.Save (or another saver Module); got {type(save).__name__}")
     if loop is None:

@@ -21,6 +21,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+
+def _integer_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}; got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}; got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
 # Sweepable hyperparameters: the name passed to `make_method` -> the option that gives values.
 _GRID_OPTIONS = {"inflation": "--inflation", "xb": "--xb", "beta": "--beta", "radius": "--radius", "xn": "--xn"}
 
@@ -39,7 +53,10 @@ class MethodEntry:
     description: str
 
     def build(self, setup, args, key):
+        """The method of `twin`: the factory's defaults overridden by the options given;
+        an option the method does not have is refused (ValueError naming it)."""
         make_method, defaults = self.factory(setup, args, key)
+        check_options_apply(args, defaults, setup)
         params = {}
         for name, default in defaults.items():
             value = getattr(args, name, None)
@@ -47,6 +64,17 @@ class MethodEntry:
                 value = value[0]
             params[name] = default if value is None else value
         return make_method(**params)
+
+
+def check_options_apply(args, defaults, setup) -> None:
+    """Refuse hyperparameter options (--inflation, --radius, ...) that the chosen method does not
+    take: silently ignoring them would report a run the user did not ask for."""
+    unused = [option for name, option in _GRID_OPTIONS.items()
+              if getattr(args, name, None) is not None and name not in defaults]
+    if unused:
+        valid = ", ".join(_GRID_OPTIONS[name] for name in defaults) or "none"
+        raise ValueError(f"{', '.join(unused)} does not apply to --method {args.method} on {setup.name}; "
+                         f"its options: {valid}")
 
 
 def _factory_3dvar(setup, args, key):
@@ -243,21 +271,46 @@ def load_method_entry(name: str) -> MethodEntry:
 
 
 def _prepare(args):
-    """(setup, method key, run key) for `twin` and `sweep`, or None after printing an error."""
+    """(method entry, setup, method key, run key, burn-in) for `twin` and `sweep`; a user error
+    raises ValueError before anything runs."""
     import jax
 
     if not args.float32:
         jax.config.update("jax_enable_x64", True)
     from .presets import get_preset
 
-    try:
-        entry = load_method_entry(args.method)
-        setup = get_preset(args.preset or args.model, n_cycles=args.cycles)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return None
+    if getattr(args, "plot", None):
+        check_writable(args.plot, "--plot")
+    entry = load_method_entry(args.method)
+    setup = get_preset(args.preset or args.model, n_cycles=args.cycles)
+    if args.burn_in is None:
+        burn_in = setup.burn_in
+        if args.cycles > 1 and burn_in >= args.cycles - 1:
+            natural = get_preset(args.preset or args.model).burn_in
+            raise ValueError(
+                f"--cycles {args.cycles} leaves no cycles to score after the preset's burn-in of {natural} cycles; "
+                f"give more cycles or --burn-in B with B < {args.cycles}"
+            )
+    else:
+        burn_in = args.burn_in
+        if burn_in >= args.cycles:
+            raise ValueError(f"--burn-in {burn_in} must be smaller than --cycles {args.cycles}: no cycle would be scored")
     key_method, key_run = jax.random.split(jax.random.key(args.seed))
-    return entry, setup, key_method, key_run
+    return entry, setup, key_method, key_run, burn_in
+
+
+def check_writable(path: str, option: str) -> None:
+    """The file `path` can be written: its folder exists and is writable (checked before a run,
+    not after it)."""
+    import os
+
+    folder = pathlib.Path(path).expanduser().resolve().parent
+    if not folder.is_dir():
+        raise ValueError(f"{option} {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"{option} {path}: the folder {folder} is not writable")
+    if pathlib.Path(path).is_dir():
+        raise ValueError(f"{option} {path} is a folder; give a file name such as run.png")
 
 
 def _cmd_twin(args) -> int:
@@ -265,16 +318,8 @@ def _cmd_twin(args) -> int:
     from .plotting import plot_twin
     from .presets import MODELS
 
-    prepared = _prepare(args)
-    if prepared is None:
-        return 2
-    entry, setup, key_method, key_run = prepared
-    try:
-        method = entry.build(setup, args, key_method)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    burn_in = setup.burn_in if args.burn_in is None else args.burn_in
+    entry, setup, key_method, key_run, burn_in = _prepare(args)
+    method = entry.build(setup, args, key_method)
     # Chunked scans only to draw a progress bar on a terminal (one compiled chunk).
     chunk = max(1, setup.n_cycles // 40) if (setup.n_cycles >= 200 and sys.stderr.isatty()) else None
     print(f"{setup.name}: {args.method} ({type(method).__name__}), {setup.n_cycles} cycles, seed {args.seed}, burn-in {burn_in} cycles")
@@ -300,28 +345,10 @@ def _cmd_twin(args) -> int:
 def _cmd_sweep(args) -> int:
     from .sweep import sweep
 
-    prepared = _prepare(args)
-    if prepared is None:
-        return 2
-    entry, setup, key_method, key_run = prepared
-    try:
-        make_method, defaults = entry.factory(setup, args, key_method)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    unused = [
-        option for name, option in _GRID_OPTIONS.items() if getattr(args, name, None) is not None and name not in defaults
-    ]
-    if unused:
-        valid = ", ".join(_GRID_OPTIONS[name] for name in defaults)
-        print(
-            f"error: {', '.join(unused)} does not apply to --method {args.method} on {setup.name}; "
-            f"its sweepable options: {valid}",
-            file=sys.stderr,
-        )
-        return 2
+    entry, setup, key_method, key_run, burn_in = _prepare(args)
+    make_method, defaults = entry.factory(setup, args, key_method)
+    check_options_apply(args, defaults, setup)
     grid = {name: (default if getattr(args, name, None) is None else getattr(args, name)) for name, default in defaults.items()}
-    burn_in = setup.burn_in if args.burn_in is None else args.burn_in
     n_settings = 1
     for values in grid.values():
         n_settings *= len(values) if isinstance(values, list) else 1
@@ -331,15 +358,11 @@ def _cmd_sweep(args) -> int:
         f"{setup.n_cycles} cycles, seed {args.seed}, burn-in {burn_in} cycles"
     )
     started = time.perf_counter()
-    try:
-        result = sweep(
-            setup.model, make_method, setup.n_cycles, key_run, grid=grid, n_seeds=args.seeds, burn_in=burn_in,
-            vectorize=not args.sequential, batch_size=args.batch_size,
-        )
-        result.rmse_analysis.block_until_ready()
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    result = sweep(
+        setup.model, make_method, setup.n_cycles, key_run, grid=grid, n_seeds=args.seeds, burn_in=burn_in,
+        vectorize=not args.sequential, batch_size=args.batch_size,
+    )
+    result.rmse_analysis.block_until_ready()
     elapsed = time.perf_counter() - started
     print(result.table(f"({elapsed:.1f} s, compile included)"))
     if setup.reference:
@@ -355,25 +378,31 @@ def _add_common(parser: argparse.ArgumentParser, default_method: str) -> None:
         help=f"method name (see `kalmax list`), or a method of your own as MODULE:FACTORY or FILE.py:FACTORY "
              f"(docs/extending.md); default {default_method}"
     )
-    parser.add_argument("--cycles", type=int, default=1000, help="number of assimilation cycles")
-    parser.add_argument("--burn-in", type=int, default=None, help="cycles left out of the averages (default: preset's)")
-    parser.add_argument("--ensemble-size", type=int, default=None,
+    parser.add_argument("--cycles", type=_integer_at_least(1), default=1000,
+                        help="number of assimilation cycles (default: %(default)s)")
+    parser.add_argument("--burn-in", type=_integer_at_least(0), default=None,
+                        help="cycles left out of the averages (default: the preset's)")
+    parser.add_argument("--ensemble-size", type=_integer_at_least(2), default=None,
                         help="ensemble methods: number of members N (default: the preset's published one)")
     parser.add_argument("--rotate", action=argparse.BooleanOptionalAction, default=None,
                         help="ensemble methods: random mean-preserving rotation of the analysis anomalies "
                              "(DAPPER's rot; default: the preset's published setting)")
-    parser.add_argument("--climatology-steps", type=int, default=10000, help="3dvar: length of the free run for B")
-    parser.add_argument("--alpha", type=float, default=1.0, help="ukf: sigma-point spread")
+    parser.add_argument("--climatology-steps", type=_integer_at_least(1), default=10000,
+                        help="3dvar: length of the free run for B (default: %(default)s)")
+    parser.add_argument("--alpha", type=float, default=1.0, help="ukf: sigma-point spread (default: %(default)s)")
     parser.add_argument("--float32", action="store_true", help="run in float32 (default float64)")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="kalmax", description="JAX data assimilation: twin experiments.")
+    parser.add_argument("--version", action="version", version=f"kalmax {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list models, presets and methods").set_defaults(run=_cmd_list)
     twin = sub.add_parser("twin", help="run a twin experiment and print its statistics")
     _add_common(twin, "3dvar")
-    twin.add_argument("--seed", type=int, default=0, help="PRNG seed of the truth, data and method")
+    twin.add_argument("--seed", type=int, default=0, help="PRNG seed of the truth, data and method (default: %(default)s)")
     twin.add_argument("--plot", default=None, help="write a PNG of the run to this path")
     twin.add_argument("--xb", type=float, default=None, help="3dvar: B = xB * climatological covariance")
     twin.add_argument("--xn", type=float, default=None, help="enkf-n: confidence in the inflation hyper-prior (DAPPER's xN)")
@@ -395,8 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
         "compiled call. Seeds share their truth and data across settings.",
     )
     _add_common(sweep, "etkf")
-    sweep.add_argument("--seeds", type=int, default=4, help="number of seeds (truths, data, initial ensembles)")
-    sweep.add_argument("--seed", type=int, default=0, help="base PRNG seed of the sweep")
+    sweep.add_argument("--seeds", type=_integer_at_least(1), default=4,
+                       help="number of seeds (truths, data, initial ensembles) (default: %(default)s)")
+    sweep.add_argument("--seed", type=int, default=0, help="base PRNG seed of the sweep (default: %(default)s)")
     sweep.add_argument("--inflation", type=float, nargs="+", default=None,
                        help="values of the inflation: ensemble methods multiply the analysis anomalies "
                             "(DAPPER's infl); ekf: per unit time; ukf: per cycle")
@@ -406,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="3dvar on navier-stokes: values of the background amplitude")
     sweep.add_argument("--radius", type=float, nargs="+", default=None,
                        help="letkf: values of the localisation radius (DAPPER's loc_rad on Lorenz-96)")
-    sweep.add_argument("--batch-size", type=int, default=None,
+    sweep.add_argument("--batch-size", type=_integer_at_least(1), default=None,
                        help="run the settings in batches of this many (bounds memory); default all at once")
     sweep.add_argument("--sequential", action="store_true",
                        help="run the settings and seeds one after another instead of vmapped (for timing)")
@@ -421,8 +451,21 @@ def main(argv: list[str] | None = None) -> int:
     # command runs one BLAS thread, as DAPPER does. Library users choose for themselves.
     from threadpoolctl import threadpool_limits
 
+    from .results import KalmaxError
+
     with threadpool_limits(1, user_api="blas"):
-        return args.run(args)
+        try:
+            return args.run(args)
+        except (ValueError, TypeError) as err:  # the user's options or data: one line, like argparse
+            print(f"kalmax {args.command}: error: {_one_line(err)}", file=sys.stderr)
+            return 2
+        except KalmaxError as err:  # the run failed (divergence, a failed inversion): said, not a traceback
+            print(f"kalmax {args.command}: {type(err).__name__}: {_one_line(err)}", file=sys.stderr)
+            return 1
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
 
 
 if __name__ == "__main__":

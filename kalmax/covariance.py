@@ -190,6 +190,9 @@ class ScalarCovariance(AbstractCovariance):
         self.variance = _checks.as_float_array("variance", variance)
         if self.variance.ndim != 0:
             raise ValueError(f"`variance` of a ScalarCovariance must be a scalar; got shape {self.variance.shape}")
+        _checks.check_finite("variance", self.variance)
+        if _checks.is_concrete(self.variance) and float(self.variance) < 0:
+            raise ValueError(f"`variance` of a ScalarCovariance must be non-negative; got {float(self.variance)}")
         if int(dim) < 1:
             raise ValueError(f"`dim` must be a positive integer; got {dim}")
         self.size = int(dim)
@@ -302,6 +305,10 @@ def as_covariance(name: str, value, dim: int, dtype, *, allow_zero: bool = True)
         raise ValueError(f"`{name}` must have size {dim}; got a {type(value).__name__} of size {value.dim}")
     if value.is_zero() and not allow_zero:
         raise ValueError(f"`{name}` cannot be zero")
+    if not allow_zero and isinstance(value, (ScalarCovariance, DiagonalCovariance)):
+        variances = value.variance if isinstance(value, ScalarCovariance) else value.variances
+        if _checks.is_concrete(variances) and float(jnp.min(variances)) <= 0:
+            raise ValueError(f"`{name}` must be positive definite; its smallest variance is {float(jnp.min(variances))}")
     if not value.is_zero() and value.dtype != dtype:
         raise TypeError(f"dtype mix: `{name}` is {value.dtype} but the model's arrays are {dtype}")
     if value.is_zero() and value.dtype != dtype:

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from . import metrics
+from . import _checks, metrics
 from .assimilate import assimilate, check_status
 from .simulate import simulate
 from .gaussian import Gaussian, SqrtGaussian
@@ -233,11 +233,11 @@ def twin_experiment(
     Returns:
         A `TwinResult`; `result.stats.table()` prints the averages.
     """
-    n_cycles = int(n_cycles)
-    if n_cycles < 1:
-        raise ValueError(f"`n_cycles` must be a positive integer; got {n_cycles}")
-    if not 0 <= int(burn_in) < n_cycles:
-        raise ValueError(f"`burn_in` must lie in [0, n_cycles={n_cycles}); got {burn_in}")
+    n_cycles = _checks.as_count("n_cycles", n_cycles)
+    burn_in = _checks.as_count("burn_in", burn_in, minimum=0)
+    if burn_in >= n_cycles:
+        raise ValueError(f"`burn_in` must lie in [0, n_cycles={n_cycles}): no cycle would be scored; got {burn_in}")
+    _checks.check_key("key", key)
     chunk = n_cycles if chunk_size is None else max(1, int(chunk_size))
     key_truth, chunk_keys = twin_keys(key, -(-n_cycles // chunk))
     if (truth is None) != (ys is None):

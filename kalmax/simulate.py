@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import PRNGKeyArray
 
+from ._checks import as_count, check_key
 from .linalg import psd_sqrt
 from .ssm import LinearGaussianSSM, StateSpaceModel, merge_time_step, split_time_varying
 
@@ -22,12 +23,12 @@ def simulate(model, key: PRNGKeyArray, n_steps: int):
         (states, ys): states (n_steps + 1, dx) holding v_0..v_T; ys (n_steps, dy)
         holding y_1..y_T (so `ys[n]` observes `states[n + 1]`).
     """
-    if int(n_steps) < 1:
-        raise ValueError(f"`n_steps` must be a positive integer; got {n_steps}")
+    n_steps = as_count("n_steps", n_steps)
+    check_key("key", key)
     if isinstance(model, LinearGaussianSSM):
-        return _simulate_linear(model, key, int(n_steps))
+        return _simulate_linear(model, key, n_steps)
     if isinstance(model, StateSpaceModel):
-        return _simulate_nonlinear(model, key, int(n_steps))
+        return _simulate_nonlinear(model, key, n_steps)
     raise TypeError(f"`model` must be a LinearGaussianSSM or StateSpaceModel; got {type(model).__name__}")
 
 

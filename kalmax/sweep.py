@@ -38,6 +38,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
+from . import _checks
 from ._compile import dual_jit, prefers_serial, state_size
 from .experiments import failed_cycles, run_scored, time_averages, twin_keys
 from .simulate import simulate
@@ -339,11 +340,11 @@ def sweep(
     Returns:
         A `SweepResult`; `result.table()` prints the DAPPER-like table.
     """
-    n_cycles = int(n_cycles)
-    if n_cycles < 1:
-        raise ValueError(f"`n_cycles` must be a positive integer; got {n_cycles}")
-    if not 0 <= int(burn_in) < n_cycles:
-        raise ValueError(f"`burn_in` must lie in [0, n_cycles={n_cycles}); got {burn_in}")
+    n_cycles = _checks.as_count("n_cycles", n_cycles)
+    burn_in = _checks.as_count("burn_in", burn_in, minimum=0)
+    if burn_in >= n_cycles:
+        raise ValueError(f"`burn_in` must lie in [0, n_cycles={n_cycles}): no cycle would be scored; got {burn_in}")
+    _checks.check_key("key", key)
     burn_in = int(burn_in)
     if isinstance(n_seeds, bool) or int(n_seeds) != n_seeds or int(n_seeds) < 1:
         raise ValueError(f"`n_seeds` must be a positive integer; got {n_seeds}")

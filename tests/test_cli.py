@@ -12,7 +12,10 @@ from kalmax import cli, presets
 
 
 def run_cli(capsys, *argv):
-    code = cli.main(list(argv))
+    try:
+        code = cli.main(list(argv))
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
     out = capsys.readouterr()
     return code, out.out, out.err
 
@@ -135,13 +138,13 @@ def test_sweep_prints_a_table(capsys):
     [
         (["sweep", "--method", "etkff"], "unknown method 'etkff'; valid methods: 3dvar, ekf, ukf, enkf, etkf, denkf, enkf-n, letkf"),
         (["sweep", "--method", "etkf", "--radius", "2", "4"],
-         "--radius does not apply to --method etkf on lorenz96-sakov2008; its sweepable options: --inflation"),
+         "--radius does not apply to --method etkf on lorenz96-sakov2008; its options: --inflation"),
         (["sweep", "--method", "letkf", "--model", "lorenz63"], "letkf needs a spatial model"),
         (["twin", "--method", "letkf", "--model", "lorenz63"], "letkf needs a spatial model"),
         (["sweep", "--model", "lorenz99"], "unknown preset or model 'lorenz99'"),
         (["sweep", "--method", "etkf", "--inflation", "0.9", "--cycles", "10", "--burn-in", "2"],
          "make_method(inflation=0.9) failed: `inflation` must be >= 1"),
-        (["twin", "--method", "etkf", "--ensemble-size", "1"], "`ensemble_size` must be an integer >= 2"),
+        (["twin", "--method", "etkf", "--ensemble-size", "1"], "argument --ensemble-size: must be an integer >= 2; got 1"),
     ],
 )
 def test_sweep_errors_are_clear(capsys, argv, match):

@@ -54,7 +54,7 @@ def test_darcy_inversion_example_recovers_the_field(tmp_path):
 
 def test_learning_example_moves_the_forcing_towards_the_truth_both_ways(tmp_path):
     example = load("learn_lorenz96")
-    out = example.run(dim=8, n_sequences=1, n_obs=50, n_epochs=15, n_members=10, n_augment=300)
+    out = example.run(dim=8, n_sequences=1, n_obs=50, n_epochs=6, n_members=10, n_augment=300, learning_rate=0.25)
     # halfway from 6 to 8 or better both ways; the accuracy of each route is tested in tests/learning
     assert abs(out["forcing"][-1] - 8.0) < abs(6.0 - 8.0) / 2
     assert out["augmented_forcing"].shape == (300,)

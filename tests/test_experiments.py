@@ -87,7 +87,7 @@ def test_twin_run_jit_vmap_grad():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(n_cycles=0), "`n_cycles` must be a positive integer"),
+        (dict(n_cycles=0), "`n_cycles` must be an integer >= 1"),
         (dict(n_cycles=10, burn_in=10), r"`burn_in` must lie in \[0, n_cycles=10\)"),
     ],
 )

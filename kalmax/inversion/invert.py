@@ -288,6 +288,7 @@ def check_run(problem, method, key, n_steps, stop, max_steps) -> None:
         )
     if key is None and method.needs_key:
         raise ValueError(f"{type(method).__name__} needs a `key` (initial ensemble, perturbations, redraws)")
+    _checks.check_key("key", key, required=False)
 
 
 def start(problem, method, key, init_state):
