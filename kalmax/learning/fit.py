@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from .. import _checks
 from ..results import LearningError
 
 
@@ -127,6 +128,12 @@ def fit(
         TypeError: `loss` does not return a scalar.
         LearningError: a non-finite loss or gradient (naming the epoch and the leaf).
     """
+    if not callable(loss):
+        raise TypeError(f"`loss` must be a function loss(learned, data, key) -> scalar; got {type(loss).__name__}")
+    if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
+        raise TypeError(f"`optimizer` must be an optax.GradientTransformation, e.g. optax.adam(1e-2); "
+                        f"got {type(optimizer).__name__}")
+    _checks.check_key("key", key, required=False)
     if isinstance(n_epochs, bool) or not isinstance(n_epochs, int) or n_epochs < 1:
         raise ValueError(f"`n_epochs` must be a positive int; got {n_epochs!r}")
     if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
