@@ -7,6 +7,7 @@ named after what they hold.
 from . import datasets, experiments, inversion, learning, loops, metrics, models, problems, smoothers
 from .results import RESULTS, DivergenceError, InversionError, KalmaxError, LearningError
 from .assimilate import assimilate, log_likelihood
+from .resumable import assimilate_resumable
 from .history import History, Save
 from .loops import AbstractTimeLoop, CheckpointedScan, ParallelScan, SequentialScan, SteadyStateScan
 from .covariance import (
@@ -70,6 +71,7 @@ from .spectral_covariance import FourierCovariance, SpectralCovariance
 from .sharding import GridSharding, MemberSharding, device_mesh
 from .smoothers import AbstractSmoother, RTSSmoother, SmootherResult, rts_smoother, smooth
 from .sweep import SweepResult, sweep
+from .labelled import to_netcdf, to_xarray
 from .ssm import LinearDynamics, LinearGaussianSSM, StateSpaceModel, TimeVarying, as_state_space_model
 
 __version__ = "0.1.0"
@@ -167,9 +169,12 @@ __all__ = [
     "SqrtGaussian",
     "TimeVarying",
     "assimilate",
+    "assimilate_resumable",
     "log_likelihood",
     "rts_smoother",
     "simulate",
+    "to_netcdf",
+    "to_xarray",
     "twin_experiment",
     "TwinResult",
     "climatology_cov",

@@ -58,7 +58,7 @@ def _run_body(model, method, ys, keys, save: Save, unroll: int, init_state, loop
 _run_default, _run_serial = dual_jit(_run_body)
 
 
-def _run(model, method, ys, keys, save: Save, unroll: int, init_state, loop: AbstractTimeLoop):
+def compiled_run(model, method, ys, keys, save: Save, unroll: int, init_state, loop: AbstractTimeLoop):
     """The compiled run (serially scheduled for small states on CPU: see `kalmax._compile`)."""
     run = _run_serial if prefers_serial(state_size(model, method)) else _run_default
     return run(model, method, ys, keys, save, unroll, init_state, loop)
@@ -160,7 +160,7 @@ def assimilate(
     ys = check_observations(model, ys)
     type(loop).check(loop, model, method, init_state)
     keys = None if key is None else jax.random.split(key, ys.shape[0] + 1)
-    final, history = _run(model, method, ys, keys, save, unroll, init_state, loop)
+    final, history = compiled_run(model, method, ys, keys, save, unroll, init_state, loop)
     if throw:
         history = check_status(history, type(method).__name__)
     return final, history

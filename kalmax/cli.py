@@ -281,6 +281,8 @@ def _prepare(args):
 
     if getattr(args, "plot", None):
         check_writable(args.plot, "--plot")
+    if args.save:
+        check_writable(args.save, "--save")
     entry = load_method_entry(args.method)
     setup = get_preset(args.preset or args.model, n_cycles=args.cycles)
     if args.burn_in is None:
@@ -339,7 +341,17 @@ def _cmd_twin(args) -> int:
             observation=setup.model.observation,
         )
         print(f"wrote {path}")
+    if args.save:
+        _save(result, args, setup)
     return 0
+
+
+def _save(result, args, setup) -> None:
+    from .labelled import to_netcdf
+
+    path = to_netcdf(result, args.save, method=args.method, preset=setup.name, seed=args.seed,
+                     float32=int(args.float32))
+    print(f"wrote {path}")
 
 
 def _cmd_sweep(args) -> int:
@@ -367,6 +379,8 @@ def _cmd_sweep(args) -> int:
     print(result.table(f"({elapsed:.1f} s, compile included)"))
     if setup.reference:
         print(f"reference: {setup.reference}")
+    if args.save:
+        _save(result, args, setup)
     return 0
 
 
@@ -391,6 +405,8 @@ def _add_common(parser: argparse.ArgumentParser, default_method: str) -> None:
                         help="3dvar: length of the free run for B (default: %(default)s)")
     parser.add_argument("--alpha", type=float, default=1.0, help="ukf: sigma-point spread (default: %(default)s)")
     parser.add_argument("--float32", action="store_true", help="run in float32 (default float64)")
+    parser.add_argument("--save", default=None, metavar="PATH.nc",
+                        help="write the results as labelled data (xarray Dataset) to this NetCDF file")
 
 
 def build_parser() -> argparse.ArgumentParser:

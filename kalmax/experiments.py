@@ -104,11 +104,21 @@ class ScoreAgainstTruth(eqx.Module):
         )
 
 
+# A filter whose innovations are on average this many times larger (in squared, whitened
+# units) than it predicts has lost the truth: a consistent filter gives 1 (the chi-square
+# mean), a tracking but overconfident one 1-2; diverged runs give 10-1000 (tests/test_divergence.py).
+DIVERGENCE_NIS_RATIO = 3.0
+
+
 class TwinStats(eqx.Module):
     """Time averages over the analysis cycles n >= burn_in (DAPPER's `.a` and `.f` stats).
 
     Fields are scalars (or None where the method has no spread/CRPS); `rank_histogram`
-    is the summed (J + 1,) counts for ensembles.
+    is the summed (J + 1,) counts for ensembles. `nis_ratio` is the innovation
+    consistency sum_n NIS_n / sum_n n_observed_n (1 for a filter whose uncertainty is
+    right; None when the method's info has no `nis`); `diverged` flags a ratio above
+    `DIVERGENCE_NIS_RATIO` (3), and `spread_skill` is spread / rmse of the analysis
+    (about 1 for a calibrated ensemble, near 0 for a collapsed one).
     """
 
     rmse_analysis: Float[Array, ""]
@@ -117,6 +127,20 @@ class TwinStats(eqx.Module):
     spread_forecast: Float[Array, ""] | None
     crps_analysis: Float[Array, ""] | None
     rank_histogram: Int[Array, " J1"] | None
+    nis_ratio: Float[Array, ""] | None = None
+
+    @property
+    def diverged(self):
+        """Whether the innovations say the filter lost the truth (False without `nis_ratio`);
+        an array under `vmap`."""
+        if self.nis_ratio is None:
+            return False
+        return self.nis_ratio > DIVERGENCE_NIS_RATIO
+
+    @property
+    def spread_skill(self):
+        """Analysis spread / analysis rmse (None for point estimates)."""
+        return None if self.spread_analysis is None else self.spread_analysis / self.rmse_analysis
 
     def table(self, title: str = "") -> str:
         """A small text table of the statistics."""
@@ -126,6 +150,8 @@ class TwinStats(eqx.Module):
             ("analysis spread", self.spread_analysis),
             ("forecast spread", self.spread_forecast),
             ("analysis crps", self.crps_analysis),
+            ("spread / rmse", self.spread_skill),
+            ("NIS / observed", self.nis_ratio),
         ]
         width = max(len(name) for name, _ in rows)
         lines = [title] if title else []
@@ -136,7 +162,15 @@ class TwinStats(eqx.Module):
             counts = np.asarray(self.rank_histogram, dtype=np.float64)
             freq = counts / max(counts.sum(), 1.0)
             lines.append(f"{'rank histogram':<{width}}  " + " ".join(f"{f:.3f}" for f in freq))
+        if self.nis_ratio is not None and bool(self.diverged):
+            lines.append(divergence_warning(float(self.nis_ratio)))
         return "\n".join(lines)
+
+
+def divergence_warning(nis_ratio: float) -> str:
+    """The one-line warning of a diverged run."""
+    return (f"warning: the filter diverged: its innovations are {nis_ratio:.1f} times the variance it predicts "
+            f"(NIS / observed > {DIVERGENCE_NIS_RATIO:g}); more members, inflation or localisation may help")
 
 
 class TwinResult(eqx.Module):
@@ -172,7 +206,18 @@ def time_averages(cycles: CycleScores, burn_in: int) -> TwinStats:
         spread_forecast=_average(cycles.spread_forecast, burn_in),
         crps_analysis=_average(cycles.crps_analysis, burn_in),
         rank_histogram=None if cycles.rank_counts is None else jnp.sum(cycles.rank_counts[burn_in:], axis=0),
+        nis_ratio=nis_ratio(cycles.info, burn_in),
     )
+
+
+def nis_ratio(info, burn_in: int = 0):
+    """sum_n NIS_n / sum_n n_observed_n over cycles n >= burn_in of a stacked `Info`
+    (None when the info has no `nis`): 1 for a consistent filter."""
+    nis = getattr(info, "nis", None)
+    if nis is None:
+        return None
+    observed = jnp.sum(info.n_observed[burn_in:]).astype(nis.dtype)
+    return jnp.sum(nis[burn_in:]) / jnp.maximum(observed, 1.0)
 
 
 def failed_cycles(cycles: CycleScores):

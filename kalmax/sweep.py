@@ -59,6 +59,8 @@ class RunStats(eqx.Module):
     spread_forecast: Float[Array, ""]
     failed: Bool[Array, ""]
     first_failure: Array  # first failing cycle, -1 if none
+    nis_ratio: Float[Array, ""]  # NaN when the method's info has no `nis`
+    diverged: Bool[Array, ""]
 
 
 def run_one(model, make_method, burn_in: int, params: dict, seed_key, truth, ys) -> RunStats:
@@ -85,6 +87,8 @@ def run_one(model, make_method, burn_in: int, params: dict, seed_key, truth, ys)
         spread_forecast=nan if stats.spread_forecast is None else stats.spread_forecast,
         failed=jnp.any(bad_cycle) | ~jnp.isfinite(stats.rmse_analysis),
         first_failure=jnp.where(jnp.any(bad_cycle), jnp.argmax(bad_cycle), -1).astype(jnp.int32),
+        nis_ratio=nan if stats.nis_ratio is None else stats.nis_ratio,
+        diverged=jnp.asarray(stats.diverged),
     )
 
 
@@ -198,6 +202,11 @@ class SweepResult(eqx.Module):
         rmse_forecast_mean, rmse_forecast_stderr: the same for the forecast.
         spread_analysis_mean: mean analysis spread over the seeds that did not fail.
         n_failed: number of failed seeds per setting.
+        nis_ratio: innovation consistency of each run (`TwinStats.nis_ratio`; NaN when
+            the method's info has no `nis`).
+        diverged: whether each run's innovations say it lost the truth (`TwinStats.diverged`).
+        n_diverged: number of diverged seeds per setting (failed seeds are counted in
+            `n_failed`, not here).
         n_cycles, burn_in: the run length and the cycles left out of the averages.
     """
 
@@ -214,6 +223,9 @@ class SweepResult(eqx.Module):
     rmse_forecast_stderr: Float[Array, "*grid"]
     spread_analysis_mean: Float[Array, "*grid"]
     n_failed: Array
+    nis_ratio: Float[Array, "*grid seeds"]
+    diverged: Bool[Array, "*grid seeds"]
+    n_diverged: Array
     n_cycles: int = eqx.field(static=True)
     burn_in: int = eqx.field(static=True)
 
@@ -248,7 +260,7 @@ class SweepResult(eqx.Module):
     def table(self, title: str = "") -> str:
         """A DAPPER-like table: one row per setting with its parameters, the mean
         analysis and forecast rmse ± standard error over seeds, the mean analysis
-        spread and the number of failed seeds."""
+        spread, and the numbers of failed and of diverged seeds."""
 
         def fmt(x):
             return "nan" if not math.isfinite(x) else f"{x:.4f}"
@@ -260,7 +272,8 @@ class SweepResult(eqx.Module):
         f_mean, f_err = np.asarray(self.rmse_forecast_mean).reshape(-1), np.asarray(self.rmse_forecast_stderr).reshape(-1)
         spread = np.asarray(self.spread_analysis_mean).reshape(-1)
         failed = np.asarray(self.n_failed).reshape(-1)
-        header = [*self.names, "rmse.a ± stderr", "rmse.f ± stderr", "spread.a", "failed"]
+        diverged = np.asarray(self.n_diverged).reshape(-1)
+        header = [*self.names, "rmse.a ± stderr", "rmse.f ± stderr", "spread.a", "failed", "diverged"]
         rows = []
         for i, setting in enumerate(self.settings()):
             rows.append([
@@ -269,6 +282,7 @@ class SweepResult(eqx.Module):
                 pm(float(f_mean[i]), float(f_err[i])),
                 fmt(float(spread[i])),
                 f"{int(failed[i])}/{self.n_seeds}",
+                f"{int(diverged[i])}/{self.n_seeds}",
             ])
         widths = [max(len(h), *(len(r[j]) for r in rows)) for j, h in enumerate(header)]
         n_params = len(self.names)
@@ -430,6 +444,9 @@ def sweep(
         rmse_forecast_stderr=f_err,
         spread_analysis_mean=s_mean,
         n_failed=jnp.sum(runs.failed, axis=-1).astype(jnp.int32),
+        nis_ratio=runs.nis_ratio,
+        diverged=runs.diverged,
+        n_diverged=jnp.sum(runs.diverged & ~runs.failed, axis=-1).astype(jnp.int32),
         n_cycles=n_cycles,
         burn_in=burn_in,
     )

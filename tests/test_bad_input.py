@@ -97,6 +97,12 @@ ASSIMILATE = [
      "KalmanFilter"),
     ("log_likelihood-method", lambda: kx.log_likelihood(linear(), None, ys()), TypeError, "`method`"),
     ("checkpointed-chunk", lambda: kx.CheckpointedScan(0), ValueError, "`chunk_size`"),
+    ("resumable-chunk", lambda: kx.assimilate_resumable(linear(), kx.KalmanFilter(), ys(), folder="/tmp/x",
+                                                        chunk_size=2.5), TypeError, "`chunk_size`"),
+    ("resumable-save", lambda: kx.assimilate_resumable(linear(), kx.KalmanFilter(), ys(), folder="/tmp/x",
+                                                       chunk_size=2, save=None), TypeError, "`save`"),
+    ("resumable-key", lambda: kx.assimilate_resumable(lorenz(), etkf(), ys(3, 8), 5, folder="/tmp/x", chunk_size=2),
+     TypeError, "`key`"),
 ]
 
 MODELS = [
@@ -211,6 +217,9 @@ EXPERIMENTS = [
     ("sweep-grid-name", lambda: kx.sweep(lorenz(), lambda inflation: etkf(), 5, KEY, grid={"in flation": [1.0]}),
      ValueError, "`grid` names"),
     ("climatology-steps", lambda: kx.climatology_cov(lorenz(), KEY, 0), ValueError, "`n_steps`"),
+    ("to-xarray-result", lambda: kx.to_xarray({"mean": 1.0}), TypeError, "`result` must be a History"),
+    ("to-netcdf-folder", lambda: kx.to_netcdf(kx.assimilate(linear(), kx.KalmanFilter(), ys())[1],
+                                              "/no/such/folder/run.nc"), ValueError, "`path`"),
 ]
 
 INVERSION = [
@@ -318,6 +327,7 @@ COMMAND_LINE = [
                                  "2"), "`inflation` must be >= 1"),
     ("cli-user-method-file", ("twin", "--method", "missing.py:make"), "cannot load method"),
     ("cli-letkf-lorenz63", ("twin", "--method", "letkf", "--model", "lorenz63"), "letkf needs a spatial model"),
+    ("cli-save-folder", ("twin", "--cycles", "10", "--burn-in", "1", "--save", "/no/such/folder/run.nc"), "--save"),
 ]
 
 CASES = SIMULATE + ASSIMILATE + MODELS + FILTERS + EXPERIMENTS + INVERSION + LEARNING

@@ -39,6 +39,8 @@ class EnsembleSpace(eqx.Module):
         chol_obs_gram: (p, p) Cholesky factor of M, or None in ensemble space.
         mask: (p,) observed entries.
         log_likelihood: the Gaussian-approximation log-likelihood term.
+        nis: the normalised innovation squared dy^T S^{-1} dy with the ensemble's
+            innovation covariance S (its quadratic term).
     """
 
     mean: Float[Array, " d"]
@@ -49,6 +51,7 @@ class EnsembleSpace(eqx.Module):
     chol_obs_gram: Float[Array, "p p"] | None
     mask: Array
     log_likelihood: Float[Array, ""]
+    nis: Float[Array, ""]
 
     @property
     def ridge(self):
@@ -187,6 +190,7 @@ def ensemble_space(forecast: Ensemble, observed, y, obs_cov, observation_space: 
         chol_obs_gram=chol_obs,
         mask=mask,
         log_likelihood=log_likelihood,
+        nis=quad,
     )
 
 

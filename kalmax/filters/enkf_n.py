@@ -98,6 +98,8 @@ class EnKFNInfo(eqx.Module):
         status: result code (0 success, 2 non-finite member, 3 collapsed ensemble).
         inflation: the anomaly inflation l1 the dual cost chose (covariance times l1^2);
             DAPPER's `stats.infl`.
+        nis: normalised innovation squared with the inflated innovation covariance
+            (see `KalmanInfo`).
     """
 
     log_likelihood: Float[Array, ""]
@@ -105,6 +107,7 @@ class EnKFNInfo(eqx.Module):
     spread: Float[Array, ""]
     status: Int[Array, ""]
     inflation: Float[Array, ""]
+    nis: Float[Array, ""]
 
 
 class DualProblem(eqx.Module):
@@ -405,14 +408,15 @@ class EnKFN(AbstractEnsembleFilter):
         # `ensemble_space`: with Q(x) = dy^T (x S_Y^T S_Y / N1 + I)^{-1} dy and the
         # determinant lemma, only the r x r factors at x = 1 and x = l1^2 are needed
         n1 = problem.ridge
-        delta = n1 * (problem.quadratic(x, chol_l) - problem.quadratic(1.0, chol_unit))
-        delta = delta + logdet_from_chol(chol_l) - logdet_from_chol(chol_unit)
+        quadratic_change = n1 * (problem.quadratic(x, chol_l) - problem.quadratic(1.0, chol_unit))
+        delta = quadratic_change + logdet_from_chol(chol_l) - logdet_from_chol(chol_unit)
         info = EnKFNInfo(
             log_likelihood=space.log_likelihood - 0.5 * delta,
             n_observed=info.n_observed,
             spread=info.spread,
             status=info.status,
             inflation=l1,
+            nis=space.nis + quadratic_change,
         )
         return analysis, info
 

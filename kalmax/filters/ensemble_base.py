@@ -29,12 +29,15 @@ class EnsembleInfo(eqx.Module):
         n_observed: number of non-missing entries of y_{n+1}.
         spread: sqrt(mean_i var_i) of the analysis ensemble (ddof = 1).
         status: result code (0 success, 2 non-finite member, 3 collapsed ensemble).
+        nis: normalised innovation squared d^T S^{-1} d with the ensemble innovation
+            covariance S (mean `n_observed` when the spread is right; see `KalmanInfo`).
     """
 
     log_likelihood: Float[Array, ""]
     n_observed: Int[Array, ""]
     spread: Float[Array, ""]
     status: Int[Array, ""]
+    nis: Float[Array, ""]
 
 
 def member_model(model, who: str) -> StateSpaceModel:
@@ -83,6 +86,7 @@ def finish_analysis(inflation, rotate: bool, forecast: Ensemble, members, space:
         n_observed=jnp.sum(space.mask).astype(jnp.int32),
         spread=spread,
         status=ensemble_status(analysis.members, spread),
+        nis=space.nis,
     )
     return analysis, info
 

@@ -379,6 +379,7 @@ class UnscentedKalmanFilter(AbstractFilter):
         chol_post = jnp.linalg.cholesky(cov)
         factors = jnp.concatenate([chol_innov.ravel(), chol_prior.ravel(), chol_post.ravel()])
         info = KalmanInfo(
-            innovation_log_likelihood(whitened, chol_innov, n_observed), n_observed, analysis_status(factors, mean)
+            innovation_log_likelihood(whitened, chol_innov, n_observed), n_observed, analysis_status(factors, mean),
+            jnp.sum(whitened**2),
         )
         return Gaussian(mean, cov), info

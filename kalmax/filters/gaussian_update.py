@@ -37,11 +37,17 @@ class KalmanInfo(eqx.Module):
         log_likelihood: log p(y_{n+1} | y_{1:n}) of the observed entries.
         n_observed: number of non-missing entries of y_{n+1}.
         status: result code (0 = success; see `kalmax._status`).
+        nis: normalised innovation squared d^T S^{-1} d, d = y_{n+1} - h(forecast mean),
+            S its predicted covariance; chi-square with `n_observed` degrees of freedom
+            (mean n_observed) when the filter's uncertainty is right (Bar-Shalom et al.
+            2001, sec. 5.4). Much larger on average: the filter is overconfident, the
+            first sign of divergence without a truth.
     """
 
     log_likelihood: Float[Array, ""]
     n_observed: Int[Array, ""]
     status: Int[Array, ""]
+    nis: Float[Array, ""]
 
 
 def masked_observation_model(y, observation, obs_cov, obs_offset):
@@ -123,7 +129,8 @@ def gaussian_update_parts(mean, cov, obs_matrix, innovation, obs_cov, mask, jose
         new_cov = cov - weights.T @ weights
     n_observed = jnp.sum(mask).astype(jnp.int32)
     info = KalmanInfo(
-        innovation_log_likelihood(whitened, chol_innov, n_observed), n_observed, analysis_status(chol_innov, new_mean)
+        innovation_log_likelihood(whitened, chol_innov, n_observed), n_observed, analysis_status(chol_innov, new_mean),
+        jnp.sum(whitened**2),
     )
     return Gaussian(new_mean, symmetrize(new_cov)), info, chol_innov, weights
 

@@ -139,7 +139,8 @@ class KalmanFilter(AbstractSteadyStateFilter, AbstractParallelFilter):
         mean = state.mean + cross @ whitened
         n_observed = jnp.sum(mask).astype(jnp.int32)
         info = KalmanInfo(
-            innovation_log_likelihood(whitened, chol_innov, n_observed), n_observed, analysis_status(chol_innov, mean)
+            innovation_log_likelihood(whitened, chol_innov, n_observed), n_observed, analysis_status(chol_innov, mean),
+            jnp.sum(whitened**2),
         )
         return SqrtGaussian(mean, lower[dy:, dy:]), info
 

@@ -174,8 +174,9 @@ def _step_info(step: LinearGaussianSSM, pred_mean, pred_cov, y, mean) -> KalmanI
     innovation = jnp.where(mask, target - obs_matrix @ pred_mean, 0.0)
     chol = jnp.linalg.cholesky(symmetrize(obs_matrix @ pred_cov @ obs_matrix.T + obs_cov))
     n_observed = jnp.sum(mask).astype(jnp.int32)
-    log_likelihood = innovation_log_likelihood(solve_lower(chol, innovation), chol, n_observed)
-    return KalmanInfo(log_likelihood, n_observed, analysis_status(chol, mean))
+    whitened = solve_lower(chol, innovation)
+    log_likelihood = innovation_log_likelihood(whitened, chol, n_observed)
+    return KalmanInfo(log_likelihood, n_observed, analysis_status(chol, mean), jnp.sum(whitened**2))
 
 
 def parallel_filter(model: LinearGaussianSSM, ys: Float[Array, "T dy"]) -> tuple[Gaussian, Gaussian, KalmanInfo]:

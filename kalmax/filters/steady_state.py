@@ -111,6 +111,7 @@ class KalmanSteadyCycles(AbstractSteadyCycles):
             innovation_log_likelihood(whitened, cache.chol_innov, n_observed),
             n_observed,
             analysis_status(cache.chol_innov, mean),
+            jnp.sum(whitened**2),
         )
         return Gaussian(forecast_mean, cache.forecast_cov), Gaussian(mean, cache.cov), info, cache
 

@@ -235,7 +235,8 @@ class ThreeDVar(AbstractFilter):
         else:
             mean, whitened, chol, all_pd = self._gauss_newton(observation, background, forecast, target, mask, solve)
             status = analysis_status(jnp.where(all_pd, chol, jnp.nan), mean)
-        info = KalmanInfo(innovation_log_likelihood(whitened, chol, n_observed), n_observed, status)
+        info = KalmanInfo(innovation_log_likelihood(whitened, chol, n_observed), n_observed, status,
+                          jnp.sum(whitened**2))
         return ThreeDVarState(mean), info
 
     def _gauss_newton(self, observation, background, forecast, target, mask, solve):

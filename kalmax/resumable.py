@@ -1,0 +1,197 @@
+"""Long assimilations that survive interruptions: the run in chunks of cycles, each chunk's
+history and the filter state after it saved atomically to a folder, and a killed run
+resumed from its last saved chunk.
+
+    final, history = kx.assimilate_resumable(model, method, ys, key, folder="run.ckpt", chunk_size=1000)
+
+Run the same call again after a crash (or a SIGKILL): the chunks already saved are read
+back and the run continues from the next one. The result is the same, bit for bit, as an
+uninterrupted call: every chunk runs the same compiled program with the same per-cycle
+keys (`jax.random.split(key, T + 1)`, as `assimilate`).
+
+Files in `folder` (equinox's leaf serialisation; each written to a temporary name and
+renamed, so a kill leaves either the old or the new file, never half of one):
+    run.json        what the run is (T, chunk size, a fingerprint of ys, key, model and method)
+    chunk-00000.eqx history of chunk 0, ...
+    state.eqx       the filter state after the last saved chunk, and how many chunks are saved
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from . import _checks
+from .assimilate import check_observations, check_status, compiled_run
+from .filters.base import AbstractFilter
+from .history import Save
+from .loops import default_loop
+from .ssm import TimeVarying
+
+_FORMAT = 1
+
+
+def assimilate_resumable(
+    model,
+    method,
+    ys: Float[Array, "T dy"],
+    key: PRNGKeyArray | None = None,
+    *,
+    folder: str | os.PathLike,
+    chunk_size: int,
+    save: Save = Save(),
+    throw: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+):
+    """`assimilate` in chunks of `chunk_size` cycles, saved to `folder` after each chunk;
+    resumes from what `folder` holds.
+
+    Args:
+        model, method, ys, key, save, throw: as `assimilate` (`save` must be a `kalmax.Save`).
+        folder: where the checkpoints live (created if missing). A folder written by a
+            different run (other data, key, model, method, T or chunk size) is refused
+            with a ValueError rather than mixed in.
+        chunk_size: cycles per chunk (int >= 1): what a crash can cost at most.
+        progress: called as `progress(cycles_done, T)` after each saved chunk.
+
+    Returns:
+        (final_state, history) as `assimilate`.
+    """
+    if not isinstance(method, AbstractFilter):
+        raise TypeError(f"`method` must be a kalmax filter (e.g. kx.EnKF(...)); got {type(method).__name__}")
+    if type(save) is not Save:
+        raise TypeError(f"`save` must be a kalmax.Save (savers that read the cycle index are not chunked); "
+                        f"got {type(save).__name__}")
+    chunk_size = _checks.as_count("chunk_size", chunk_size)
+    _checks.check_key("key", key, required=method.stochastic, what=f": {type(method).__name__} is stochastic")
+    kind = type(method)
+    kind.check_model(method, model)
+    model = kind.prepare_model(method, model)
+    ys = check_observations(model, ys)
+    n_cycles = ys.shape[0]
+    keys = None if key is None else jax.random.split(key, n_cycles + 1)
+    loop = default_loop(model, method, False)
+    type(loop).check(loop, model, method, None)
+    starts = list(range(0, n_cycles, chunk_size))
+
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    description = _describe(model, method, ys, key, chunk_size, save)
+    _claim(folder, description)
+
+    def chunk_inputs(index):
+        start = starts[index]
+        stop = min(start + chunk_size, n_cycles)
+        chunk_model = jax.tree_util.tree_map(
+            lambda leaf: TimeVarying(leaf.values[start:stop]) if isinstance(leaf, TimeVarying) else leaf,
+            model, is_leaf=lambda leaf: isinstance(leaf, TimeVarying))
+        # keys[0] starts the filter (`method.init`); the loop gives keys[1 + n] to cycle n
+        chunk_keys = None if keys is None else jnp.concatenate([keys[:1], keys[start + 1: stop + 1]])
+        return chunk_model, ys[start:stop], chunk_keys
+
+    def run_chunk(index, state):
+        chunk_model, chunk_ys, chunk_keys = chunk_inputs(index)
+        return compiled_run(chunk_model, method, chunk_ys, chunk_keys, save, 1, state, loop)
+
+    def shapes(index, state):
+        return jax.eval_shape(lambda s: run_chunk(index, s), state)
+
+    initial_shape = jax.eval_shape(lambda: run_chunk(0, None))[0]
+    done, state = _load_state(folder, initial_shape)
+    pieces = []
+    for index in range(done):
+        pieces.append(_load(folder / f"chunk-{index:05d}.eqx", shapes(index, initial_shape)[1]))
+    for index in range(done, len(starts)):
+        state, history = run_chunk(index, None if index == 0 else state)
+        _write(folder / f"chunk-{index:05d}.eqx", history)
+        _write(folder / "state.eqx", (jnp.asarray(index + 1), state))
+        pieces.append(history)
+        if progress is not None:
+            progress(min(starts[index] + chunk_size, n_cycles), n_cycles)
+    history = pieces[0] if len(pieces) == 1 else jax.tree_util.tree_map(
+        lambda *xs: jnp.concatenate(xs, axis=0), *pieces)
+    if throw:
+        history = check_status(history, type(method).__name__)
+    return state, history
+
+
+def _digest(*arrays) -> str:
+    digest = hashlib.sha256()
+    for array in arrays:
+        array = np.asarray(array)
+        digest.update(str((array.shape, array.dtype)).encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def _describe(model, method, ys, key, chunk_size: int, save: Save) -> dict:
+    key_data = None if key is None else (jax.random.key_data(key) if jax.dtypes.issubdtype(
+        key.dtype, jax.dtypes.prng_key) else key)
+    arrays = lambda tree: [leaf for leaf in jax.tree_util.tree_leaves(eqx.filter(tree, eqx.is_array))]  # noqa: E731
+    return dict(
+        format=_FORMAT, n_cycles=int(ys.shape[0]), chunk_size=chunk_size, ys=_digest(ys),
+        key=None if key_data is None else _digest(key_data), method=type(method).__name__,
+        method_arrays=_digest(*arrays(method)), model=type(model).__name__, model_arrays=_digest(*arrays(model)),
+        method_structure=str(jax.tree_util.tree_structure(eqx.filter(method, eqx.is_array))),
+        save=repr(save),
+    )
+
+
+def _claim(folder: pathlib.Path, description: dict) -> None:
+    """Write run.json, or check that the one there describes this run."""
+    path = folder / "run.json"
+    if path.exists():
+        found = json.loads(path.read_text())
+        if found != description:
+            differing = sorted(k for k in description if found.get(k) != description[k])
+            raise ValueError(f"`folder` {folder} holds checkpoints of another run (it differs in "
+                             f"{', '.join(differing)}); give a new folder or delete this one")
+        return
+    _write_bytes(path, json.dumps(description, indent=1).encode())
+
+
+def _load_state(folder: pathlib.Path, state_shape):
+    path = folder / "state.eqx"
+    if not path.exists():
+        return 0, None
+    done, state = _load(path, (jnp.asarray(0), state_shape))
+    return int(done), state
+
+
+def _like(shape_tree):
+    return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype) if isinstance(s, jax.ShapeDtypeStruct)
+                                  else s, shape_tree)
+
+
+def _load(path: pathlib.Path, shape_tree):
+    return eqx.tree_deserialise_leaves(path, _like(shape_tree))
+
+
+def _write(path: pathlib.Path, tree) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    eqx.tree_serialise_leaves(temporary, tree)
+    _sync_and_replace(temporary, path)
+
+
+def _write_bytes(path: pathlib.Path, data: bytes) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_bytes(data)
+    _sync_and_replace(temporary, path)
+
+
+def _sync_and_replace(temporary: pathlib.Path, path: pathlib.Path) -> None:
+    with open(temporary, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+__all__ = ["assimilate_resumable"]
