@@ -21,7 +21,7 @@ from . import _checks, metrics
 from .assimilate import assimilate, check_status
 from .simulate import simulate
 from .gaussian import Gaussian, SqrtGaussian
-from .results import RESULTS
+from .results import RESULTS, DivergenceError
 from .ssm import StateSpaceModel
 
 
@@ -220,6 +220,20 @@ def nis_ratio(info, burn_in: int = 0):
     return jnp.sum(nis[burn_in:]) / jnp.maximum(observed, 1.0)
 
 
+def check_simulated_truth(truth) -> None:
+    """Raise if a simulated truth (T + 1, dx) blew up, naming the first non-finite state
+    (before the filter would report the observations drawn from it as bad input)."""
+    if not _checks.is_concrete(truth):
+        return
+    finite = np.all(np.isfinite(np.asarray(truth).reshape(truth.shape[0], -1)), axis=1)
+    if not finite.all():
+        first = int(np.argmin(finite))
+        raise DivergenceError(
+            f"the truth simulated from `model` became non-finite at v_{first} (cycle {first - 1}'s forecast): the "
+            "model blows up from its initial law; check its time step and parameters"
+        )
+
+
 def failed_cycles(cycles: CycleScores):
     """(T,) whether each cycle failed: a status other than success, or a non-finite rmse."""
     status = cycles.info.status
@@ -289,6 +303,7 @@ def twin_experiment(
         raise ValueError("give both `truth` and `ys`, or neither")
     if truth is None:
         truth, ys = simulate(model, key_truth, n_cycles)
+        check_simulated_truth(truth)
     else:
         truth, ys = jnp.asarray(truth), jnp.asarray(ys)
         if truth.shape != (n_cycles + 1, model.state_dim):

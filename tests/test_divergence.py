@@ -11,6 +11,7 @@ import pytest
 import kalmax as kx
 from kalmax import cli
 from kalmax.experiments import DIVERGENCE_NIS_RATIO
+from kalmax.filters.ensemble_base import ensemble_status
 from kalmax.presets import lorenz96_sakov2008
 
 
@@ -119,3 +120,26 @@ def test_the_command_line_warns_of_a_diverged_run(capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert "warning: the filter diverged" in out and "NIS / observed" in out
+
+
+def _blowing_up(scale):
+    return kx.StateSpaceModel(lambda v: scale * v, jnp.eye(3), None, jnp.eye(3), jnp.ones(3), jnp.eye(3))
+
+
+def test_an_overflowing_model_is_reported_as_such_not_as_a_collapse():
+    # finite members whose squares overflow: the spread reads 0 (no digits left for the
+    # deviations) and the magnitude is inf; that is a blow-up, not a collapse
+    members = jnp.full((5, 3), 1e200)
+    spread = jnp.sqrt(jnp.mean(jnp.var(members, axis=0, ddof=1)))
+    assert int(ensemble_status(members, spread)) == kx.RESULTS.NON_FINITE
+    assert int(ensemble_status(jnp.ones((5, 3)), jnp.asarray(0.0))) == kx.RESULTS.COLLAPSED
+    assert int(ensemble_status(jnp.arange(15.0).reshape(5, 3), jnp.asarray(1.0))) == kx.RESULTS.SUCCESSFUL
+    _, ys = kx.simulate(_blowing_up(1.0), jax.random.key(0), 5)
+    with pytest.raises(kx.DivergenceError, match="non-finite") as raised:
+        kx.assimilate(_blowing_up(1e200), kx.EnKF(5, kx.SquareRoot()), ys, jax.random.key(1))
+    assert "collapsed" not in str(raised.value)
+
+
+def test_a_truth_that_blows_up_is_named_with_its_first_non_finite_state():
+    with pytest.raises(kx.DivergenceError, match=r"truth simulated from `model` became non-finite at v_2 "):
+        kx.twin_experiment(_blowing_up(1e200), kx.EnKF(5, kx.SquareRoot()), 5, jax.random.key(0))

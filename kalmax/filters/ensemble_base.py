@@ -53,9 +53,11 @@ def member_model(model, who: str) -> StateSpaceModel:
 
 
 def ensemble_status(members, spread):
-    """NON_FINITE if any member is non-finite, COLLAPSED if the spread is zero."""
-    non_finite = ~jnp.all(jnp.isfinite(members))
+    """NON_FINITE if any member is non-finite or the ensemble's magnitude overflows,
+    COLLAPSED if the spread is zero (relative to the members' magnitude)."""
     scale = jnp.maximum(1.0, jnp.sqrt(jnp.mean(members.mean(axis=0) ** 2)))
+    # finite members whose squares overflow are a blow-up, not a collapse
+    non_finite = ~jnp.all(jnp.isfinite(members)) | ~jnp.isfinite(scale) | ~jnp.isfinite(spread)
     collapsed = spread <= 100 * jnp.finfo(members.dtype).eps * scale
     return jnp.where(
         non_finite, RESULTS.NON_FINITE, jnp.where(collapsed, RESULTS.COLLAPSED, RESULTS.SUCCESSFUL)
