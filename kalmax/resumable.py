@@ -18,8 +18,6 @@ renamed, so a kill leaves either the old or the new file, never half of one):
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import pathlib
 from collections.abc import Callable
@@ -27,10 +25,9 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from . import _checks
+from . import _checks, checkpoint
 from .assimilate import check_observations, check_status, compiled_run
 from .filters.base import AbstractFilter
 from .history import Save
@@ -86,7 +83,10 @@ def assimilate_resumable(
     folder = pathlib.Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     description = _describe(model, method, ys, key, chunk_size, save)
-    _claim(folder, description)
+    try:
+        checkpoint.claim(folder, description)
+    except ValueError as err:
+        raise ValueError(f"`folder`: {err}") from None
 
     def chunk_inputs(index):
         start = starts[index]
@@ -109,11 +109,12 @@ def assimilate_resumable(
     done, state = _load_state(folder, initial_shape)
     pieces = []
     for index in range(done):
-        pieces.append(_load(folder / f"chunk-{index:05d}.eqx", shapes(index, initial_shape)[1]))
+        pieces.append(checkpoint.read_tree(folder / f"chunk-{index:05d}.eqx",
+                                           checkpoint.like(shapes(index, initial_shape)[1])))
     for index in range(done, len(starts)):
         state, history = run_chunk(index, None if index == 0 else state)
-        _write(folder / f"chunk-{index:05d}.eqx", history)
-        _write(folder / "state.eqx", (jnp.asarray(index + 1), state))
+        checkpoint.write_tree(folder / f"chunk-{index:05d}.eqx", history)
+        checkpoint.write_tree(folder / "state.eqx", (jnp.asarray(index + 1), state))
         pieces.append(history)
         if progress is not None:
             progress(min(starts[index] + chunk_size, n_cycles), n_cycles)
@@ -124,74 +125,23 @@ def assimilate_resumable(
     return state, history
 
 
-def _digest(*arrays) -> str:
-    digest = hashlib.sha256()
-    for array in arrays:
-        array = np.asarray(array)
-        digest.update(str((array.shape, array.dtype)).encode())
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
-
-
 def _describe(model, method, ys, key, chunk_size: int, save: Save) -> dict:
-    key_data = None if key is None else (jax.random.key_data(key) if jax.dtypes.issubdtype(
-        key.dtype, jax.dtypes.prng_key) else key)
-    arrays = lambda tree: [leaf for leaf in jax.tree_util.tree_leaves(eqx.filter(tree, eqx.is_array))]  # noqa: E731
     return dict(
-        format=_FORMAT, n_cycles=int(ys.shape[0]), chunk_size=chunk_size, ys=_digest(ys),
-        key=None if key_data is None else _digest(key_data), method=type(method).__name__,
-        method_arrays=_digest(*arrays(method)), model=type(model).__name__, model_arrays=_digest(*arrays(model)),
+        format=_FORMAT, n_cycles=int(ys.shape[0]), chunk_size=chunk_size, ys=checkpoint.digest(ys),
+        key=None if key is None else checkpoint.digest(key), method=type(method).__name__,
+        method_arrays=checkpoint.digest(*checkpoint.array_leaves(method)), model=type(model).__name__,
+        model_arrays=checkpoint.digest(*checkpoint.array_leaves(model)),
         method_structure=str(jax.tree_util.tree_structure(eqx.filter(method, eqx.is_array))),
         save=repr(save),
     )
-
-
-def _claim(folder: pathlib.Path, description: dict) -> None:
-    """Write run.json, or check that the one there describes this run."""
-    path = folder / "run.json"
-    if path.exists():
-        found = json.loads(path.read_text())
-        if found != description:
-            differing = sorted(k for k in description if found.get(k) != description[k])
-            raise ValueError(f"`folder` {folder} holds checkpoints of another run (it differs in "
-                             f"{', '.join(differing)}); give a new folder or delete this one")
-        return
-    _write_bytes(path, json.dumps(description, indent=1).encode())
 
 
 def _load_state(folder: pathlib.Path, state_shape):
     path = folder / "state.eqx"
     if not path.exists():
         return 0, None
-    done, state = _load(path, (jnp.asarray(0), state_shape))
+    done, state = checkpoint.read_tree(path, checkpoint.like((jnp.asarray(0), state_shape)))
     return int(done), state
-
-
-def _like(shape_tree):
-    return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype) if isinstance(s, jax.ShapeDtypeStruct)
-                                  else s, shape_tree)
-
-
-def _load(path: pathlib.Path, shape_tree):
-    return eqx.tree_deserialise_leaves(path, _like(shape_tree))
-
-
-def _write(path: pathlib.Path, tree) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    eqx.tree_serialise_leaves(temporary, tree)
-    _sync_and_replace(temporary, path)
-
-
-def _write_bytes(path: pathlib.Path, data: bytes) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_bytes(data)
-    _sync_and_replace(temporary, path)
-
-
-def _sync_and_replace(temporary: pathlib.Path, path: pathlib.Path) -> None:
-    with open(temporary, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
 
 
 __all__ = ["assimilate_resumable"]

@@ -110,7 +110,7 @@ def test_a_folder_of_another_run_is_refused_and_bad_input_named(tmp_path):
     model = kx.LinearGaussianSSM(0.9 * jnp.eye(2), jnp.eye(2), 0.1 * jnp.eye(2), jnp.eye(2), jnp.zeros(2), jnp.eye(2))
     _, ys = kx.simulate(model, jax.random.key(0), 20)
     kx.assimilate_resumable(model, kx.KalmanFilter(), ys, folder=tmp_path, chunk_size=5)
-    with pytest.raises(ValueError, match="holds checkpoints of another run .*ys"):
+    with pytest.raises(ValueError, match="`folder`: the checkpoint folder .* holds another run .*ys"):
         kx.assimilate_resumable(model, kx.KalmanFilter(), ys + 1.0, folder=tmp_path, chunk_size=5)
     with pytest.raises(ValueError, match="chunk_size"):
         kx.assimilate_resumable(model, kx.KalmanFilter(), ys, folder=tmp_path, chunk_size=4)

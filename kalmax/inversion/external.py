@@ -81,7 +81,11 @@ import concurrent.futures as cf
 import dataclasses
 import logging
 import multiprocessing
+import os
+import pathlib
 import pickle
+import shutil
+import sys
 import time
 from collections.abc import Callable
 
@@ -103,6 +107,7 @@ from .invert import (
     iterate_with_outputs,
     start,
 )
+from .. import checkpoint as ckpt
 from ..results import RESULTS
 from .problem import InverseProblem
 
@@ -156,13 +161,47 @@ def _update(problem, method, stop, adaptive: bool, state, outputs, raised, key, 
     return iterate_with_outputs(method, problem, stop, n_limit, adaptive, state, outputs, failures, key, n)
 
 
-def _run_members(executor, forward, points: np.ndarray, data_dim: int, dtype, timeout, iteration: int):
-    """Run `forward` on every row of `points`: (J, p) outputs, (J,) raised codes, [(member, message)]."""
+def _run_members(executor, forward, points: np.ndarray, data_dim: int, dtype, timeout, iteration: int,
+                 folder: pathlib.Path | None = None):
+    """Run `forward` on every row of `points`: (J, p) outputs, (J,) raised codes, [(member, message)].
+
+    With a checkpoint `folder`, each output is saved there as its run finishes, and runs
+    whose output is already there (from a killed attempt at this iteration) are not repeated."""
     size = points.shape[0]
+    saved = {}
+    if folder is not None:
+        folder.mkdir(exist_ok=True)
+        if (folder / "points.npy").exists():
+            if not np.array_equal(np.load(folder / "points.npy"), points):
+                raise ValueError(f"`checkpoint`: {folder} holds forward runs of other parameters than this "
+                                 "iteration asks for; the folder does not belong to this run")
+            saved = {j: np.load(folder / f"member-{j:05d}.npy") for j in range(size)
+                     if (folder / f"member-{j:05d}.npy").exists()}
+        else:
+            ckpt.write_array(folder / "points.npy", points)
+
+    def keep(j):
+        def done(future):
+            if future.cancelled() or future.exception() is not None:
+                return
+            try:
+                output = _as_output(future.result(), j, iteration, points[j], data_dim, dtype)
+            except (TypeError, ValueError):
+                return  # reported by the caller
+            ckpt.write_array(folder / f"member-{j:05d}.npy", output)
+        return done
+
     futures = []
     try:
-        for theta in points:
-            futures.append(executor.submit(forward, np.array(theta)))
+        for j, theta in enumerate(points):
+            if j in saved:
+                future = cf.Future()
+                future.set_result(saved[j])
+            else:
+                future = executor.submit(forward, np.array(theta))
+                if folder is not None:
+                    future.add_done_callback(keep(j))
+            futures.append(future)
         _, pending = cf.wait(futures, timeout=timeout)
     except BaseException:
         for future in futures:
@@ -232,6 +271,8 @@ def invert_external(
     throw: bool = True,
     timeout: float | None = None,
     callback: Callable[[IterationReport], None] | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    progress: bool = False,
 ) -> InversionResult:
     """Run `method` on `problem` with a forward model outside JAX, evaluated on `executor`.
 
@@ -258,6 +299,14 @@ def invert_external(
             count as raised (RESULTS.FORWARD_RAISED). None: wait for ever.
         callback: called as `callback(IterationReport)` after every iteration
             (progress, checkpoints); its return value is ignored.
+        checkpoint: a folder where the run saves itself: each forward run's output as it
+            finishes and, after each iteration, the state, key and history (atomic
+            writes). Called again with the same arguments after a crash, the run reads the
+            folder back, does not repeat the iterations or the forward runs that finished,
+            and ends with the same result as an uninterrupted run. A folder of another run
+            (other data, prior, method, key or length) is refused.
+        progress: draw a progress bar of the iterations with the current misfit and the
+            time of the forward runs (tqdm, on stderr).
 
     Returns:
         `InversionResult(state, history, code, n_iterations)`, as `invert`.
@@ -279,6 +328,8 @@ def invert_external(
         raise ValueError(f"`timeout` must be a positive number of seconds or None; got {timeout!r}")
     if callback is not None and not callable(callback):
         raise TypeError(f"`callback` must be callable (IterationReport -> None) or None; got {type(callback).__name__}")
+    if not isinstance(progress, bool):
+        raise TypeError(f"`progress` must be True or False; got {type(progress).__name__}")
     adaptive = is_adaptive(method, stop)
     if executor is None or isinstance(executor, cf.ProcessPoolExecutor):
         _check_picklable(forward)
@@ -287,7 +338,16 @@ def invert_external(
     state, key = start(problem, method, key, init_state)
     n_limit = (max_steps if n_steps is None else n_steps) if adaptive else n_steps
     keys = None if (adaptive or key is None) else jax.random.split(key, n_steps + 1)
+    run_folder = None
+    if checkpoint is not None:
+        run_folder = RunFolder(pathlib.Path(checkpoint), problem, method, key, state, n_limit, stop, adaptive)
 
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n_limit + 1, desc=f"{type(method).__name__} iterations", leave=True, file=sys.stderr)
+        callback = _with_bar(bar, callback)
     owned = executor is None
     if owned:
         executor = cf.ProcessPoolExecutor(mp_context=multiprocessing.get_context("spawn"))
@@ -295,9 +355,11 @@ def invert_external(
     try:
         state, code, rows, last_messages, n_done = _loop(
             problem, method, forward, executor, state, key, keys, n_limit, adaptive, stop, timeout, callback,
-            timed_out,
+            timed_out, run_folder,
         )  # fmt: skip
     finally:
+        if bar is not None:
+            bar.close()
         if owned:
             # runs that timed out may still be going: do not wait for them
             executor.shutdown(wait=not timed_out[0], cancel_futures=True)
@@ -315,12 +377,26 @@ def invert_external(
     return result
 
 
-def _loop(problem, method, forward, executor, state, key, keys, n_limit, adaptive, stop, timeout, callback, timed_out):
+def _with_bar(bar, callback):
+    """The callback that also advances the progress bar (misfit of the last ensemble, forward time)."""
+
+    def report(iteration: IterationReport) -> None:
+        misfit = float(np.asarray(iteration.state.misfit)) if hasattr(iteration.state, "misfit") else float("nan")
+        bar.set_postfix(misfit=f"{misfit:.4g}", forward=f"{iteration.forward_seconds:.2f}s",
+                        failed=iteration.n_raised)
+        bar.update(1)
+        if callback is not None:
+            callback(iteration)
+
+    return report
+
+
+def _empty_rows(problem, method, n_limit):
     n_rows = n_limit + 1
     n_points = method.n_points(problem)
-    d, p = problem.parameter_dim, problem.data_dim
+    d = problem.parameter_dim
     dtype = np.dtype(problem.dtype)
-    rows = [
+    return [
         np.full((n_rows, d), np.nan, dtype),
         np.full((n_rows, d), np.nan, dtype),
         np.full((n_rows, d), np.nan, dtype),
@@ -329,8 +405,64 @@ def _loop(problem, method, forward, executor, state, key, keys, n_limit, adaptiv
         np.full((n_rows,), np.nan, dtype),
         np.full((n_rows, n_points), -1, np.int32),
     ]
+
+
+class RunFolder:
+    """The checkpoint folder of one `invert_external` run: run.json (what the run is),
+    progress.eqx (iterations done, state, key, history rows; after each iteration) and
+    iteration-N/ (points.npy, and member-J.npy for each forward run that finished)."""
+
+    def __init__(self, folder, problem, method, key, state, n_limit, stop, adaptive):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        description = dict(
+            format=1, method=type(method).__name__, method_arrays=ckpt.digest(*ckpt.array_leaves(method)),
+            problem=ckpt.digest(problem.y, *ckpt.array_leaves(problem)), key=None if key is None else ckpt.digest(key),
+            n_limit=int(n_limit), adaptive=bool(adaptive), stop=repr(stop),
+        )
+        try:
+            ckpt.claim(folder, description)
+        except ValueError as err:
+            raise ValueError(f"`checkpoint`: {err}") from None
+        has_key = key is not None
+        self.template = (jnp.asarray(0), jnp.asarray(0), state,
+                         jax.random.key_data(key) if has_key else jnp.zeros(0, jnp.uint32),
+                         [jnp.asarray(r) for r in _empty_rows(problem, method, n_limit)])
+
+    def load(self):
+        """(iterations done, code of the last one, state, key, rows), or None before the
+        first iteration ends."""
+        path = self.folder / "progress.eqx"
+        if not path.exists():
+            return None
+        done, code, state, key_data, rows = ckpt.read_tree(path, self.template)
+        key = jax.random.wrap_key_data(key_data) if key_data.size else None
+        return int(done), int(code), state, key, [np.array(r) for r in rows]
+
+    def save(self, done, code, state, key, rows) -> None:
+        key_data = jax.random.key_data(key) if key is not None else jnp.zeros(0, jnp.uint32)
+        ckpt.write_tree(self.folder / "progress.eqx",
+                        (jnp.asarray(done), jnp.asarray(code), state, key_data, [jnp.asarray(r) for r in rows]))
+        shutil.rmtree(self.iteration(done - 1), ignore_errors=True)
+
+    def iteration(self, n) -> pathlib.Path:
+        return self.folder / f"iteration-{n:05d}"
+
+
+def _loop(problem, method, forward, executor, state, key, keys, n_limit, adaptive, stop, timeout, callback, timed_out,
+          run_folder=None):
+    n_rows = n_limit + 1
+    p = problem.data_dim
+    dtype = np.dtype(problem.dtype)
+    rows = _empty_rows(problem, method, n_limit)
+    first = 0
+    saved = None if run_folder is None else run_folder.load()
     messages = []
-    for n in range(n_rows):
+    if saved is not None:
+        first, code, state, key, rows = saved
+        if code != RUNNING:  # the saved run had ended: its result, nothing rerun
+            return state, code, rows, messages, first - 1
+    for n in range(first, n_rows):
         if keys is not None:
             key_n = keys[n]
         elif key is not None:
@@ -339,7 +471,8 @@ def _loop(problem, method, forward, executor, state, key, keys, n_limit, adaptiv
             key_n = None
         start = time.perf_counter()
         points = np.asarray(_ask(method, state), dtype)
-        outputs, raised, errors = _run_members(executor, forward, points, p, dtype, timeout, n)
+        member_folder = None if run_folder is None else run_folder.iteration(n)
+        outputs, raised, errors = _run_members(executor, forward, points, p, dtype, timeout, n, member_folder)
         timed_out[0] = timed_out[0] or any(m.startswith(_TIMEOUT) for _, m in errors)
         forward_done = time.perf_counter()
         messages = errors[:MAX_MESSAGES]
@@ -356,6 +489,8 @@ def _loop(problem, method, forward, executor, state, key, keys, n_limit, adaptiv
         update_done = time.perf_counter()
         for buffer, value in zip(rows, row):
             buffer[n] = value
+        if run_folder is not None:
+            run_folder.save(n + 1, code, state, key, rows)
         if callback is not None:
             callback(
                 IterationReport(

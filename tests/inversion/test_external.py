@@ -7,7 +7,12 @@ key: the external loop must reproduce its history row by row.
 import concurrent.futures as cf
 import logging
 import multiprocessing
+import os
+import pathlib
 import re
+import signal
+import subprocess
+import sys
 import textwrap
 
 import jax
@@ -265,3 +270,107 @@ def test_module_docstring_example_runs():
     state = namespace["state"]
     assert int(state.iteration) == 10
     np.testing.assert_allclose(namespace["estimate"], [0.6, 0.4], atol=0.05)
+
+
+CHECKPOINT_CHILD = """
+import concurrent.futures as cf, os, signal, sys
+import jax
+jax.config.update("jax_enable_x64", True)
+import numpy as np
+import kalmax as kx
+from kalmax.problems import linear_gaussian
+
+folder, kill_at, out, log = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+setup = linear_gaussian(jax.random.key(0), 3, 5)
+matrix = np.asarray(setup.matrix)
+calls = [0]
+
+def forward(theta):
+    calls[0] += 1
+    if calls[0] == kill_at:  # killed in the middle of this forward run
+        os.kill(os.getpid(), signal.SIGKILL)
+    with open(log, "a") as handle:
+        handle.write("run\\n")  # one line per forward run that finished
+    return matrix @ theta
+
+with cf.ThreadPoolExecutor(max_workers=1) as pool:
+    result = kx.invert_external(setup.problem, kx.EKI(6), jax.random.key(1), forward, 4, executor=pool,
+                                checkpoint=folder,
+                                callback=lambda report: print("iteration", report.iteration, flush=True))
+np.savez(out, mean=np.asarray(result.history.mean), ensemble=np.asarray(result.ensemble),
+         misfit=np.asarray(result.history.misfit))
+"""
+
+
+def _checkpoint_child(tmp_path, folder, kill_at, out, log):
+    script = tmp_path / "child.py"
+    script.write_text(CHECKPOINT_CHILD)
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+    return subprocess.run([sys.executable, str(script), str(folder), str(kill_at), str(out), str(log)],
+                          cwd=pathlib.Path(__file__).parent.parent.parent, env=env, capture_output=True, text=True,
+                          timeout=240)
+
+
+def test_a_calibration_killed_mid_iteration_resumes_without_repeating_finished_runs(tmp_path):
+    folder, log = tmp_path / "calibration", tmp_path / "runs.log"
+    # 6 members x 5 ensembles (4 updates): run 15 is member 2 of iteration 2
+    killed = _checkpoint_child(tmp_path, folder, 15, tmp_path / "never.npz", log)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert killed.stdout.split() == ["iteration", "0", "iteration", "1"]
+    assert len(log.read_text().split()) == 14
+    assert sorted(p.name for p in (folder / "iteration-00002").iterdir()) == [
+        "member-00000.npy", "member-00001.npy", "points.npy"]
+    resumed = _checkpoint_child(tmp_path, folder, -1, tmp_path / "resumed.npz", log)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert resumed.stdout.split() == ["iteration", "2", "iteration", "3", "iteration", "4"]
+    assert len(log.read_text().split()) == 30  # every forward run finished exactly once
+    whole_log = tmp_path / "whole.log"
+    whole = _checkpoint_child(tmp_path, tmp_path / "whole", -1, tmp_path / "whole.npz", whole_log)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    assert len(whole_log.read_text().split()) == 30
+    resumed, whole = np.load(tmp_path / "resumed.npz"), np.load(tmp_path / "whole.npz")
+    for name in ("mean", "ensemble", "misfit"):
+        np.testing.assert_array_equal(resumed[name], whole[name])
+    # called once more, the finished run is read back: no forward run, the same result
+    again = _checkpoint_child(tmp_path, folder, -1, tmp_path / "again.npz", log)
+    assert again.returncode == 0 and len(log.read_text().split()) == 30
+    np.testing.assert_array_equal(np.load(tmp_path / "again.npz")["ensemble"], whole["ensemble"])
+
+
+def test_a_checkpoint_folder_of_another_calibration_is_refused(tmp_path):
+    from kalmax.problems import linear_gaussian
+
+    setup = linear_gaussian(jax.random.key(0), 3, 5)
+    matrix = np.asarray(setup.matrix)
+    with cf.ThreadPoolExecutor(max_workers=2) as pool:
+        first = invert_external(setup.problem, EKI(6), jax.random.key(1), lambda theta: matrix @ theta, 2,
+                                executor=pool, checkpoint=tmp_path)
+        with pytest.raises(ValueError, match="`checkpoint`: the checkpoint folder .* holds another run .*key"):
+            invert_external(setup.problem, EKI(6), jax.random.key(2), lambda theta: matrix @ theta, 2,
+                            executor=pool, checkpoint=tmp_path)
+        # adaptive: a run stopped by the discrepancy principle is read back as stopped
+        adaptive = invert_external(setup.problem, EKI(6), jax.random.key(1), lambda theta: matrix @ theta,
+                                   executor=pool, stop=DiscrepancyPrinciple(), max_steps=30,
+                                   checkpoint=tmp_path / "adaptive")
+        again = invert_external(setup.problem, EKI(6), jax.random.key(1), lambda theta: (_ for _ in ()).throw(
+            AssertionError("no forward run expected")), executor=pool, stop=DiscrepancyPrinciple(), max_steps=30,
+            checkpoint=tmp_path / "adaptive")
+    assert int(again.n_iterations) == int(adaptive.n_iterations) and again.message == adaptive.message
+    np.testing.assert_array_equal(again.ensemble, adaptive.ensemble)
+    assert first.history.mean.shape[0] == 3
+
+
+def test_progress_bar_counts_the_iterations(capsys):
+    from kalmax.problems import linear_gaussian
+
+    setup = linear_gaussian(jax.random.key(0), 3, 5)
+    matrix = np.asarray(setup.matrix)
+    seen = []
+    with cf.ThreadPoolExecutor(max_workers=2) as pool:
+        invert_external(setup.problem, EKI(6), jax.random.key(1), lambda theta: matrix @ theta, 3, executor=pool,
+                        progress=True, callback=lambda report: seen.append(report.iteration))
+    err = capsys.readouterr().err
+    assert "EKI iterations" in err and "4/4" in err and "misfit=" in err
+    assert seen == [0, 1, 2, 3]  # the user's callback still runs
+    with pytest.raises(TypeError, match="`progress`"):
+        invert_external(setup.problem, EKI(6), jax.random.key(1), lambda theta: matrix @ theta, 3, progress="yes")
