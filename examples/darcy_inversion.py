@@ -72,22 +72,26 @@ def plot(out: dict, path: str) -> str:
     import matplotlib.pyplot as plt
 
     names = list(out["runs"])
-    fig, axes = plt.subplots(1, len(names) + 2, figsize=(3.2 * (len(names) + 2), 3.2))
+    fig, axes = plt.subplots(1, len(names) + 2, figsize=(3.4 * (len(names) + 2), 3.4), constrained_layout=True)
     vmin, vmax = out["truth"].min(), out["truth"].max()
-    axes[0].imshow(out["truth"].T, origin="lower", vmin=vmin, vmax=vmax, cmap="viridis")
-    axes[0].set_title("true log-permeability")
-    for ax, name in zip(axes[1:], names):
-        ax.imshow(out["runs"][name]["field"].T, origin="lower", vmin=vmin, vmax=vmax, cmap="viridis")
-        ax.set_title(f"{name} mean (error {out['runs'][name]['error']:.2f})")
-    for ax in axes[:-1]:
-        ax.set_xticks([]), ax.set_yticks([])
-    for name in names:
-        axes[-1].semilogy(out["runs"][name]["misfit"], label=name)
-    axes[-1].axhline(1.25**2 * out["data_dim"], color="k", ls=":", label="discrepancy level")
+    fields = [("true log-permeability", out["truth"])]
+    fields += [(f"{name} mean (error {out['runs'][name]['error']:.2f})", out["runs"][name]["field"]) for name in names]
+    for ax, (title, field) in zip(axes, fields):
+        image = ax.imshow(field.T, origin="lower", vmin=vmin, vmax=vmax, cmap="viridis", extent=[0, 1, 0, 1])
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("x")
+        ax.set_ylabel("y")
+    fig.colorbar(image, ax=list(axes[:-1]), location="bottom", shrink=0.5, aspect=40,
+                 label="log-permeability (one scale for all maps)")
+    styles = ["-", "--", "-.", ":"]
+    for index, name in enumerate(names):
+        misfit = out["runs"][name]["misfit"]
+        axes[-1].semilogy(misfit, styles[index % 4], marker="os^D"[index % 4], ms=3, lw=1.2, label=name)
+    axes[-1].axhline(1.25**2 * out["data_dim"], color="k", ls=":", lw=0.8, label="discrepancy level")
     axes[-1].set_xlabel("iteration")
-    axes[-1].set_title("data misfit")
+    axes[-1].set_ylabel("data misfit |L^-1 (y - G)|^2")
+    axes[-1].set_title("data misfit", fontsize=9)
     axes[-1].legend(fontsize=7)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -1,9 +1,10 @@
 """Plots of twin experiments (matplotlib, imported lazily; the `plot` extra).
 
 `plot_twin` draws what people look at after a twin run: truth vs estimate for
-a few components with the observations, the RMSE (and spread) over time, and
-for gridded models a Hovmöller diagram (Lorenz-96) or a vorticity snapshot
-(2-D Navier-Stokes) of truth, estimate and error.
+a few components with the observations, the RMSE (and spread) over time, the
+rank histogram of an ensemble, and for gridded models a Hovmöller diagram
+(Lorenz-96) or the vorticity fields (2-D Navier-Stokes) of truth, estimate and
+error. `twin_figure` returns the figure instead of writing it.
 """
 
 from __future__ import annotations
@@ -27,15 +28,32 @@ def _pyplot():
 def plot_twin(
     result, path: str, *, interval: float = 1.0, title: str = "", kind: str = "generic", observation=None
 ) -> str:
-    """Write a PNG summarising a `TwinResult`; returns the path written.
+    """Write a PNG summarising a `TwinResult` (`twin_figure`); returns the path written."""
+    plt = _pyplot()
+    fig = twin_figure(result, interval=interval, title=title, kind=kind, observation=observation)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def twin_figure(result, *, interval: float = 1.0, title: str = "", kind: str = "generic", observation=None):
+    """The matplotlib figure of a `TwinResult`.
+
+    Panels, every axis labelled and every map with a labelled colourbar:
+    truth, analysis mean and observations of three components (not for
+    Navier-Stokes, whose components are grid points); the analysis and forecast
+    rmse and the spread over time, with the end of the burn-in marked; all time
+    panels share one time axis over the whole run; the rank histogram of an
+    ensemble (frequencies against the flat line of a calibrated ensemble); for
+    `kind="lorenz96"` Hovmöller diagrams of truth, analysis and error (truth and
+    analysis on one colour scale), for `kind="navier-stokes"` the vorticity
+    fields of the last cycle on the 2-D grid.
 
     Args:
         result: a `kalmax.experiments.TwinResult` (its `cycles.mean` must be kept).
-        path: output PNG path.
         interval: model time per cycle (for the time axis).
         title: figure title.
-        kind: "lorenz96" adds a Hovmöller diagram, "navier-stokes" a vorticity
-            snapshot; anything else draws the generic panels only.
+        kind: "lorenz96", "navier-stokes", or anything else for the generic panels.
         observation: the model's observation operator; when it observes state
             components directly (`IndexObservation`, or an identity matrix), the
             observations are drawn on the component panels.
@@ -46,42 +64,48 @@ def plot_twin(
     ys = np.asarray(result.ys)
     times = interval * np.arange(1, truth.shape[0] + 1)
     dx = truth.shape[1]
-    extra = kind in ("lorenz96", "navier-stokes")
-    n_comp = min(3, dx)
-    fig = plt.figure(figsize=(12, 3.0 * (n_comp + 1 + (2 if extra else 0))), constrained_layout=True)
-    rows = n_comp + 1 + (2 if extra else 0)
+    gridded = kind in ("lorenz96", "navier-stokes")
+    n_comp = 0 if kind == "navier-stokes" else min(3, dx)
+    ranks = result.stats.rank_histogram
+    rows = n_comp + 1 + (2 if gridded else 0) + (1 if ranks is not None else 0)
+    fig = plt.figure(figsize=(12, 2.8 * rows), constrained_layout=True)
     grid = fig.add_gridspec(rows, 3)
     components = np.linspace(0, dx - 1, n_comp).round().astype(int)
-    show = slice(0, min(len(times), 400))
     obs_map = _observed_components(observation, dx)
+    first = None
     for row, comp in enumerate(components):
-        ax = fig.add_subplot(grid[row, :])
-        ax.plot(times[show], truth[show, comp], "k-", lw=1.2, label="truth")
-        ax.plot(times[show], mean[show, comp], "C0-", lw=1.0, label="analysis mean")
+        ax = fig.add_subplot(grid[row, :], sharex=first)
+        first = first or ax
+        ax.plot(times, truth[:, comp], "k-", lw=1.2, label="truth")
+        ax.plot(times, mean[:, comp], "C0-", lw=1.0, label="analysis mean")
         if comp in obs_map:
-            ax.plot(times[show], ys[show, obs_map[comp]], "C3.", ms=3, label="observations")
-        ax.set_ylabel(f"component {comp}")
+            ax.plot(times, ys[:, obs_map[comp]], "C3.", ms=3, label="observations")
+        ax.set_ylabel(f"v[{comp}]")
+        ax.set_xlabel("time")
         if row == 0:
             ax.legend(loc="upper right", fontsize=8)
-    ax = fig.add_subplot(grid[n_comp, :])
+    ax = fig.add_subplot(grid[n_comp, :], sharex=first)
     ax.plot(times, np.asarray(result.cycles.rmse_analysis), "C0-", lw=0.8, label="analysis rmse")
     ax.plot(times, np.asarray(result.cycles.rmse_forecast), "C1-", lw=0.6, alpha=0.7, label="forecast rmse")
     if result.cycles.spread_analysis is not None:
         ax.plot(times, np.asarray(result.cycles.spread_analysis), "C2--", lw=0.8, label="analysis spread")
-    ax.axvline(interval * result.burn_in, color="grey", ls=":", lw=1)
+    if result.burn_in > 0:
+        ax.axvline(interval * result.burn_in, color="grey", ls=":", lw=1,
+                   label=f"end of burn-in ({result.burn_in} cycles)")
     ax.set_yscale("log")
     ax.set_xlabel("time")
-    ax.set_ylabel("rmse")
+    ax.set_ylabel("rmse / spread")
     ax.legend(loc="upper right", fontsize=8)
+    row = n_comp + 1
     if kind == "lorenz96":
-        _hovmoller(fig, grid, n_comp + 1, times, truth, mean, plt)
+        _hovmoller(fig, grid, row, times, truth, mean)
     elif kind == "navier-stokes":
-        _vorticity(fig, grid, n_comp + 1, truth, mean, plt)
+        _vorticity(fig, grid, row, truth, mean)
+    if ranks is not None:
+        _rank_histogram(fig.add_subplot(grid[rows - 1, 1]), np.asarray(ranks, dtype=np.float64))
     if title:
         fig.suptitle(title)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def _observed_components(observation, dx: int) -> dict[int, int]:
@@ -96,29 +120,39 @@ def _observed_components(observation, dx: int) -> dict[int, int]:
     return {}
 
 
-def _hovmoller(fig, grid, row, times, truth, mean, plt):
-    show = slice(0, min(len(times), 200))
-    panels = [("truth", truth[show]), ("analysis mean", mean[show]), ("error", mean[show] - truth[show])]
-    vmax = np.max(np.abs(truth[show]))
+def _maps(fig, grid, row, panels, extent, labels, colourbar_label, aspect):
+    """Truth, analysis and error side by side: truth and analysis on the truth's colour
+    scale, the error on its own symmetric one; each with a labelled colourbar."""
+    vmax = max(float(np.max(np.abs(panels[0][1]))), 1e-12)
     for col, (name, field) in enumerate(panels):
-        ax = fig.add_subplot(grid[row : row + 2, col])
-        lim = vmax if name != "error" else max(np.max(np.abs(field)), 1e-12)
-        image = ax.imshow(field, aspect="auto", origin="lower", cmap="RdBu_r", vmin=-lim, vmax=lim,
-                          extent=[0, field.shape[1], times[show][0], times[show][-1]])
-        ax.set_title(f"Hovmöller: {name}")
-        ax.set_xlabel("component")
-        ax.set_ylabel("time")
-        fig.colorbar(image, ax=ax)
+        ax = fig.add_subplot(grid[row: row + 2, col])
+        lim = vmax if name != "error" else max(float(np.max(np.abs(field))), 1e-12)
+        image = ax.imshow(field, aspect=aspect, origin="lower", cmap="RdBu_r", vmin=-lim, vmax=lim, extent=extent)
+        ax.set_title(name)
+        ax.set_xlabel(labels[0])
+        ax.set_ylabel(labels[1])
+        bar = fig.colorbar(image, ax=ax)
+        bar.set_label(f"{colourbar_label} error" if name == "error" else colourbar_label)
 
 
-def _vorticity(fig, grid, row, truth, mean, plt):
+def _hovmoller(fig, grid, row, times, truth, mean):
+    panels = [("truth", truth), ("analysis mean", mean), ("error", mean - truth)]
+    _maps(fig, grid, row, panels, [0, truth.shape[1], times[0], times[-1]], ("component k", "time"), "v_k", "auto")
+
+
+def _vorticity(fig, grid, row, truth, mean):
     n = int(math.isqrt(truth.shape[1]))
-    final_truth, final_mean = truth[-1].reshape(n, n), mean[-1].reshape(n, n)
-    panels = [("truth vorticity", final_truth), ("analysis vorticity", final_mean), ("error", final_mean - final_truth)]
-    vmax = np.max(np.abs(final_truth))
-    for col, (name, field) in enumerate(panels):
-        ax = fig.add_subplot(grid[row : row + 2, col])
-        lim = vmax if name != "error" else max(np.max(np.abs(field)), 1e-12)
-        image = ax.imshow(field.T, origin="lower", cmap="RdBu_r", vmin=-lim, vmax=lim, extent=[0, 2 * np.pi, 0, 2 * np.pi])
-        ax.set_title(f"{name} (last cycle)")
-        fig.colorbar(image, ax=ax)
+    final_truth, final_mean = truth[-1].reshape(n, n).T, mean[-1].reshape(n, n).T
+    panels = [("truth vorticity (last cycle)", final_truth), ("analysis vorticity", final_mean),
+              ("error", final_mean - final_truth)]
+    _maps(fig, grid, row, panels, [0, 2 * np.pi, 0, 2 * np.pi], ("x", "y"), "vorticity", "equal")
+
+
+def _rank_histogram(ax, counts):
+    frequencies = counts / max(counts.sum(), 1.0)
+    ax.bar(np.arange(counts.size), frequencies, color="C0", width=0.9)
+    ax.axhline(1.0 / counts.size, color="k", ls="--", lw=1, label="calibrated (flat)")
+    ax.set_xlabel("rank of the truth among the members")
+    ax.set_ylabel("frequency")
+    ax.set_title("rank histogram (after burn-in)")
+    ax.legend(loc="upper right", fontsize=8)

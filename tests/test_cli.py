@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -186,3 +187,32 @@ def test_twin_enkf_n_lorenz63(capsys):
     assert code == 0
     rmse = float(next(line for line in out.splitlines() if line.startswith("analysis rmse")).split()[-1])
     assert rmse < 0.9  # published long-run 0.54 (EnKF_N N=10 rot); observation noise std sqrt(2)
+
+
+@pytest.mark.parametrize("kind", ["lorenz96", "navier-stokes"])
+def test_twin_figure_labels_every_axis_and_colourbar(kind):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from kalmax.plotting import twin_figure
+
+    setup = presets.get_preset(kind, n_cycles=30)
+    method = kx.EnKF(8, kx.SquareRoot(), inflation=1.05) if kind == "lorenz96" else kx.ThreeDVar(
+        0.1 * jnp.eye(setup.model.state_dim))
+    result = kx.twin_experiment(setup.model, method, 30, jax.random.key(0), burn_in=5)
+    fig = twin_figure(result, interval=setup.interval, kind=kind, observation=setup.model.observation)
+    axes = fig.get_axes()
+    colourbars = [ax for ax in axes if ax.get_label() == "<colorbar>"]
+    panels = [ax for ax in axes if ax.get_label() != "<colorbar>"]
+    assert len(colourbars) == 3 and all(bar.get_ylabel() for bar in colourbars)
+    for ax in panels:
+        assert ax.get_xlabel() and ax.get_ylabel(), ax.get_title()
+    time_panels = [ax for ax in panels if ax.get_xlabel() == "time"]
+    assert len({ax.get_xlim() for ax in time_panels}) == 1  # one time axis
+    legends = " ".join(text.get_text() for ax in panels if ax.get_legend() for text in ax.get_legend().get_texts())
+    assert "end of burn-in (5 cycles)" in legends
+    if kind == "lorenz96":
+        assert any(ax.get_title().startswith("rank histogram") for ax in panels)
+    else:
+        assert not any("v[" in ax.get_ylabel() for ax in panels)  # no 'component 2048' of a flattened grid
+        assert {ax.get_xlabel() for ax in panels if "vorticity" in ax.get_title() or ax.get_title() == "error"} == {"x"}
