@@ -18,7 +18,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from . import _checks
 from ._compile import dual_jit, prefers_serial, state_size
 from .filters.base import AbstractFilter
-from .history import History, Save
+from .history import Save
 from .loops import AbstractTimeLoop, default_loop
 from .results import RESULTS, DivergenceError, message
 from .ssm import n_times
@@ -138,14 +138,27 @@ def assimilate(
     Returns:
         (final_state, history): the analysis state after y_T and a `History`.
     """
+    if not isinstance(save, eqx.Module) or not callable(save):
+        raise TypeError(f"`save` must be a kalmax.Save (or another saver Module); got {type(save).__name__}")
+    model, ys, loop = prepare_run(model, method, ys, key, loop, parallel, init_state)
+    keys = None if key is None else jax.random.split(key, ys.shape[0] + 1)
+    final, history = compiled_run(model, method, ys, keys, save, unroll, init_state, loop)
+    if throw:
+        history = check_status(history, type(method).__name__)
+    return final, history
+
+
+def prepare_run(model, method, ys, key, loop: AbstractTimeLoop | None = None, parallel: bool = False,
+                init_state=None):
+    """The checks and preparation of a run, before anything is traced: the method, the key,
+    the loop (chosen from the method's capabilities when None), the model (the method's
+    `check_model` / `prepare_model`) and the observations. Returns (model, ys, loop)."""
     if not isinstance(method, AbstractFilter):
         raise TypeError(
             f"`method` must be a kalmax filter (a subclass of kalmax.filters.AbstractFilter, e.g. kx.KalmanFilter()); "
             f"got {type(method).__name__}"
         )
     _checks.check_key("key", key, required=method.stochastic, what=f": {type(method).__name__} is stochastic")
-    if not isinstance(save, eqx.Module) or not callable(save):
-        raise TypeError(f"`save` must be a kalmax.Save (or another saver Module); got {type(save).__name__}")
     if loop is None:
         loop = default_loop(model, method, parallel)
     elif not isinstance(loop, AbstractTimeLoop):
@@ -159,11 +172,7 @@ def assimilate(
     model = kind.prepare_model(method, model)
     ys = check_observations(model, ys)
     type(loop).check(loop, model, method, init_state)
-    keys = None if key is None else jax.random.split(key, ys.shape[0] + 1)
-    final, history = compiled_run(model, method, ys, keys, save, unroll, init_state, loop)
-    if throw:
-        history = check_status(history, type(method).__name__)
-    return final, history
+    return model, ys, loop
 
 
 def log_likelihood(model, method, ys, key=None, *, parallel: bool = False) -> Float[Array, ""]:

@@ -234,6 +234,17 @@ def check_simulated_truth(truth) -> None:
         )
 
 
+def check_run_length(n_cycles, burn_in, key) -> tuple[int, int]:
+    """(n_cycles, burn_in) as ints after checking them and the key (twin experiments, sweeps):
+    at least one cycle, and at least one scored after the burn-in."""
+    n_cycles = _checks.as_count("n_cycles", n_cycles)
+    burn_in = _checks.as_count("burn_in", burn_in, minimum=0)
+    if burn_in >= n_cycles:
+        raise ValueError(f"`burn_in` must lie in [0, n_cycles={n_cycles}): no cycle would be scored; got {burn_in}")
+    _checks.check_key("key", key)
+    return n_cycles, burn_in
+
+
 def failed_cycles(cycles: CycleScores):
     """(T,) whether each cycle failed: a status other than success, or a non-finite rmse."""
     status = cycles.info.status
@@ -292,11 +303,7 @@ def twin_experiment(
     Returns:
         A `TwinResult`; `result.stats.table()` prints the averages.
     """
-    n_cycles = _checks.as_count("n_cycles", n_cycles)
-    burn_in = _checks.as_count("burn_in", burn_in, minimum=0)
-    if burn_in >= n_cycles:
-        raise ValueError(f"`burn_in` must lie in [0, n_cycles={n_cycles}): no cycle would be scored; got {burn_in}")
-    _checks.check_key("key", key)
+    n_cycles, burn_in = check_run_length(n_cycles, burn_in, key)
     chunk = n_cycles if chunk_size is None else max(1, int(chunk_size))
     key_truth, chunk_keys = twin_keys(key, -(-n_cycles // chunk))
     if (truth is None) != (ys is None):
@@ -328,7 +335,6 @@ def twin_experiment(
     )
     if throw:
         cycles = check_status(cycles, type(method).__name__)
-    burn_in = int(burn_in)
     stats = time_averages(cycles, burn_in)
     return TwinResult(truth=truth, ys=ys, cycles=cycles, stats=stats, final_state=final, burn_in=burn_in)
 

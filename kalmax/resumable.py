@@ -28,10 +28,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from . import _checks, checkpoint
-from .assimilate import check_observations, check_status, compiled_run
-from .filters.base import AbstractFilter
+from .assimilate import check_status, compiled_run, prepare_run
 from .history import Save
-from .loops import default_loop
 from .ssm import TimeVarying
 
 _FORMAT = 1
@@ -63,21 +61,13 @@ def assimilate_resumable(
     Returns:
         (final_state, history) as `assimilate`.
     """
-    if not isinstance(method, AbstractFilter):
-        raise TypeError(f"`method` must be a kalmax filter (e.g. kx.EnKF(...)); got {type(method).__name__}")
     if type(save) is not Save:
         raise TypeError(f"`save` must be a kalmax.Save (savers that read the cycle index are not chunked); "
                         f"got {type(save).__name__}")
     chunk_size = _checks.as_count("chunk_size", chunk_size)
-    _checks.check_key("key", key, required=method.stochastic, what=f": {type(method).__name__} is stochastic")
-    kind = type(method)
-    kind.check_model(method, model)
-    model = kind.prepare_model(method, model)
-    ys = check_observations(model, ys)
+    model, ys, loop = prepare_run(model, method, ys, key)
     n_cycles = ys.shape[0]
     keys = None if key is None else jax.random.split(key, n_cycles + 1)
-    loop = default_loop(model, method, False)
-    type(loop).check(loop, model, method, None)
     starts = list(range(0, n_cycles, chunk_size))
 
     folder = pathlib.Path(folder)
@@ -102,15 +92,16 @@ def assimilate_resumable(
         chunk_model, chunk_ys, chunk_keys = chunk_inputs(index)
         return compiled_run(chunk_model, method, chunk_ys, chunk_keys, save, 1, state, loop)
 
-    def shapes(index, state):
-        return jax.eval_shape(lambda s: run_chunk(index, s), state)
-
     initial_shape = jax.eval_shape(lambda: run_chunk(0, None))[0]
     done, state = _load_state(folder, initial_shape)
+    templates = {}  # history template per chunk length (all chunks but the last share one)
     pieces = []
     for index in range(done):
-        pieces.append(checkpoint.read_tree(folder / f"chunk-{index:05d}.eqx",
-                                           checkpoint.like(shapes(index, initial_shape)[1])))
+        length = min(chunk_size, n_cycles - starts[index])
+        if length not in templates:
+            shapes = jax.eval_shape(lambda s, i=index: run_chunk(i, s), initial_shape)[1]
+            templates[length] = checkpoint.like(shapes)
+        pieces.append(checkpoint.read_tree(folder / f"chunk-{index:05d}.eqx", templates[length]))
     for index in range(done, len(starts)):
         state, history = run_chunk(index, None if index == 0 else state)
         checkpoint.write_tree(folder / f"chunk-{index:05d}.eqx", history)

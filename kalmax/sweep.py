@@ -38,9 +38,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
-from . import _checks
 from ._compile import dual_jit, prefers_serial, state_size
-from .experiments import failed_cycles, run_scored, time_averages, twin_keys
+from .experiments import check_run_length, failed_cycles, run_scored, time_averages, twin_keys
 from .simulate import simulate
 from .sharding import device_mesh
 
@@ -354,12 +353,7 @@ def sweep(
     Returns:
         A `SweepResult`; `result.table()` prints the DAPPER-like table.
     """
-    n_cycles = _checks.as_count("n_cycles", n_cycles)
-    burn_in = _checks.as_count("burn_in", burn_in, minimum=0)
-    if burn_in >= n_cycles:
-        raise ValueError(f"`burn_in` must lie in [0, n_cycles={n_cycles}): no cycle would be scored; got {burn_in}")
-    _checks.check_key("key", key)
-    burn_in = int(burn_in)
+    n_cycles, burn_in = check_run_length(n_cycles, burn_in, key)
     if isinstance(n_seeds, bool) or int(n_seeds) != n_seeds or int(n_seeds) < 1:
         raise ValueError(f"`n_seeds` must be a positive integer; got {n_seeds}")
     n_seeds = int(n_seeds)

@@ -424,10 +424,18 @@ class RunFolder:
             ckpt.claim(folder, description)
         except ValueError as err:
             raise ValueError(f"`checkpoint`: {err}") from None
-        has_key = key is not None
-        self.template = (jnp.asarray(0), jnp.asarray(0), state,
-                         jax.random.key_data(key) if has_key else jnp.zeros(0, jnp.uint32),
+        # the key is saved as its raw data and rewrapped as it came (typed, with its
+        # implementation, or a legacy uint32 key)
+        self.key_impl = None
+        if key is not None and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+            self.key_impl = jax.random.key_impl(key)
+        self.template = (jnp.asarray(0), jnp.asarray(0), state, self._key_data(key),
                          [jnp.asarray(r) for r in _empty_rows(problem, method, n_limit)])
+
+    def _key_data(self, key):
+        if key is None:
+            return jnp.zeros(0, jnp.uint32)
+        return jax.random.key_data(key) if self.key_impl is not None else jnp.asarray(key)
 
     def load(self):
         """(iterations done, code of the last one, state, key, rows), or None before the
@@ -436,13 +444,17 @@ class RunFolder:
         if not path.exists():
             return None
         done, code, state, key_data, rows = ckpt.read_tree(path, self.template)
-        key = jax.random.wrap_key_data(key_data) if key_data.size else None
+        if not key_data.size:
+            key = None
+        elif self.key_impl is not None:
+            key = jax.random.wrap_key_data(key_data, impl=self.key_impl)
+        else:
+            key = key_data
         return int(done), int(code), state, key, [np.array(r) for r in rows]
 
     def save(self, done, code, state, key, rows) -> None:
-        key_data = jax.random.key_data(key) if key is not None else jnp.zeros(0, jnp.uint32)
-        ckpt.write_tree(self.folder / "progress.eqx",
-                        (jnp.asarray(done), jnp.asarray(code), state, key_data, [jnp.asarray(r) for r in rows]))
+        ckpt.write_tree(self.folder / "progress.eqx", (jnp.asarray(done), jnp.asarray(code), state,
+                                                       self._key_data(key), [jnp.asarray(r) for r in rows]))
         shutil.rmtree(self.iteration(done - 1), ignore_errors=True)
 
     def iteration(self, n) -> pathlib.Path:

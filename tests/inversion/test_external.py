@@ -374,3 +374,17 @@ def test_progress_bar_counts_the_iterations(capsys):
     assert seen == [0, 1, 2, 3]  # the user's callback still runs
     with pytest.raises(TypeError, match="`progress`"):
         invert_external(setup.problem, EKI(6), jax.random.key(1), lambda theta: matrix @ theta, 3, progress="yes")
+
+
+def test_a_checkpointed_calibration_keeps_legacy_and_non_default_keys(tmp_path):
+    from kalmax.problems import linear_gaussian
+
+    setup = linear_gaussian(jax.random.key(0), 3, 5)
+    matrix = np.asarray(setup.matrix)
+    for index, key in enumerate((jax.random.PRNGKey(1), jax.random.key(1, impl="rbg"))):
+        with cf.ThreadPoolExecutor(max_workers=2) as pool:
+            runs = [invert_external(setup.problem, EKI(6), key, lambda theta: matrix @ theta, 3, executor=pool,
+                                    checkpoint=tmp_path / str(index)) for _ in range(2)]
+            plain = invert_external(setup.problem, EKI(6), key, lambda theta: matrix @ theta, 3, executor=pool)
+        for run in runs:
+            np.testing.assert_array_equal(run.ensemble, plain.ensemble)
