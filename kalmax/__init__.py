@@ -50,6 +50,7 @@ from .gaussian import Ensemble, Gaussian, SqrtGaussian
 from .inversion import (
     EKI,
     EKS,
+    ESMDA,
     ETKI,
     Bounds,
     DataMisfitController,
@@ -69,7 +70,18 @@ from .inversion import (
 from .observations import FunctionObservation, IndexObservation, LinearObservation
 from .spectral_covariance import FourierCovariance, SpectralCovariance
 from .sharding import GridSharding, MemberSharding, device_mesh
-from .smoothers import AbstractSmoother, RTSSmoother, SmootherResult, rts_smoother, smooth
+from .smoothers import (
+    AbstractSmoother,
+    EnKS,
+    EnRTS,
+    EnsembleSmootherResult,
+    IEnKS,
+    IEnKSInfo,
+    RTSSmoother,
+    SmootherResult,
+    rts_smoother,
+    smooth,
+)
 from .sweep import SweepResult, sweep
 from .labelled import to_netcdf, to_xarray
 from .ssm import LinearDynamics, LinearGaussianSSM, StateSpaceModel, TimeVarying, as_state_space_model
@@ -86,11 +98,17 @@ __all__ = [
     "CheckpointedScan",
     "ParallelScan",
     "RTSSmoother",
+    "EnKS",
+    "EnRTS",
+    "EnsembleSmootherResult",
+    "IEnKS",
+    "IEnKSInfo",
     "SequentialScan",
     "SteadyStateScan",
     "smooth",
     "EKI",
     "EKS",
+    "ESMDA",
     "ETKI",
     "Bounds",
     "DataMisfitController",

@@ -203,14 +203,14 @@ METHODS: dict[str, MethodEntry] = {
 }
 
 
-def _progress_bar(stream):
+def _progress_bar(stream, unit: str = "cycles"):
     start = time.perf_counter()
 
     def report(done: int, total: int) -> None:
         width = 30
         filled = int(width * done / max(total, 1))
         elapsed = time.perf_counter() - start
-        stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} cycles  {elapsed:6.1f} s")
+        stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {unit}  {elapsed:6.1f} s")
         if done >= total:
             stream.write("\n")
         stream.flush()
@@ -373,6 +373,7 @@ def _cmd_sweep(args) -> int:
     result = sweep(
         setup.model, make_method, setup.n_cycles, key_run, grid=grid, n_seeds=args.seeds, burn_in=burn_in,
         vectorize=not args.sequential, batch_size=args.batch_size,
+        progress=_progress_bar(sys.stderr, "runs") if sys.stderr.isatty() else False,
     )
     result.rmse_analysis.block_until_ready()
     elapsed = time.perf_counter() - started

@@ -291,8 +291,9 @@ def twin_experiment(
         key: PRNG key; split into the truth's key and the method's key.
         burn_in: cycles n < burn_in are left out of the time averages. DAPPER's
             BurnIn in time units B corresponds to burn_in = round(B / interval).
-        truth, ys: give both to assimilate an existing truth and data (e.g.
-            exported from DAPPER); then `key` only drives the method.
+        truth: an existing truth (T + 1, dx), with `ys` (e.g. exported from DAPPER);
+            then `key` only drives the method.
+        ys: the observations (T, dy) of `truth`; give both or neither.
         keep_mean: keep the (T, dx) analysis means in `cycles.mean`.
         throw: raise `DivergenceError` naming the first failing cycle.
         chunk_size: run the scan in chunks of this many cycles (same compiled

@@ -33,7 +33,7 @@ class History(eqx.Module):
 class Save(eqx.Module):
     """What `assimilate` keeps per cycle, so memory stays bounded on long runs.
 
-    Args:
+    Attributes:
         mean: keep the analysis mean (T, dx).
         cov: keep the analysis covariance (T, dx, dx) (for ensembles: empirical, d x d).
         forecast: also keep the forecast mean (and covariance when `cov`).

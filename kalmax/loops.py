@@ -113,7 +113,7 @@ def cycle_and_inputs(model, method: AbstractFilter, ys, keys, save):
 class SequentialScan(AbstractTimeLoop):
     """One `lax.scan`: each cycle `method.forecast` then `method.analysis`.
 
-    Args:
+    Attributes:
         remat: recompute each cycle in reverse-mode differentiation (`jax.checkpoint`
             per cycle): the gradient stores the filter state of each cycle and none of
             its intermediates, and recomputes them cycle by cycle. On a CPU this is
@@ -145,7 +145,7 @@ class CheckpointedScan(AbstractTimeLoop):
     "Evaluating Derivatives", ch. 12). The values equal `SequentialScan`'s; what
     `save` keeps per cycle is still stored (use `kx.Save(mean=False)` for a loss).
 
-    Args:
+    Attributes:
         chunk_size: cycles per checkpointed chunk (static int >= 1); None: round(sqrt(T)).
     """
 

@@ -51,7 +51,12 @@ def assimilate_resumable(
     resumes from what `folder` holds.
 
     Args:
-        model, method, ys, key, save, throw: as `assimilate` (`save` must be a `kalmax.Save`).
+        model: as `assimilate`.
+        method: as `assimilate`.
+        ys: as `assimilate`.
+        key: as `assimilate`.
+        save: as `assimilate` (must be a `kalmax.Save`).
+        throw: as `assimilate`.
         folder: where the checkpoints live (created if missing). A folder written by a
             different run (other data, key, model, method, T or chunk size) is refused
             with a ValueError rather than mixed in.

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import keyword
 import math
+import sys
 from collections.abc import Callable, Mapping, Sequence
 
 import equinox as eqx
@@ -139,6 +140,24 @@ def _summarise(values, failed):
     squares = jnp.sum(jnp.where(ok, (values - mean[..., None]) ** 2, 0.0), axis=-1)
     stderr = jnp.sqrt(squares / (n_ok - 1.0) / n_ok)  # NaN with fewer than 2 seeds
     return mean, stderr
+
+
+def _progress_reporter(progress, total: int):
+    """(report(done), bar): `report` is None without progress; `bar` a tqdm bar to close, or None."""
+    if progress is False or progress is None:
+        return None, None
+    if progress is True:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc="sweep runs", leave=True, file=sys.stderr)
+
+        def report(done: int) -> None:
+            bar.update(done - bar.n)
+
+        return report, bar
+    if callable(progress):
+        return (lambda done: progress(done, total)), None
+    raise TypeError(f"`progress` must be True, False or a callable progress(done, total); got {type(progress).__name__}")
 
 
 @eqx.filter_jit
@@ -315,6 +334,7 @@ def sweep(
     vectorize: bool = True,
     batch_size: int | None = None,
     mesh: Mesh | Sequence | None = None,
+    progress: bool | Callable[[int, int], None] = False,
 ) -> SweepResult:
     """Twin experiments for every combination of `grid` values and every seed.
 
@@ -337,9 +357,9 @@ def sweep(
             (an empty mapping runs `make_method()` once per seed).
         n_seeds: number of seeds (independent truths, data and initial ensembles).
         burn_in: cycles n < burn_in are left out of the time averages.
-        truth, ys: optional given truths (n_seeds, T + 1, dx) and observations
-            (n_seeds, T, dy) instead of simulating them (then `key` drives only the
-            methods).
+        truth: optional given truths (n_seeds, T + 1, dx), with `ys`, instead of
+            simulating them (then `key` drives only the methods).
+        ys: the observations (n_seeds, T, dy) of `truth`; give both or neither.
         vectorize: True runs everything in one compiled call (vmapped over settings
             and seeds); False runs the same settings and seeds one after another
             (one compiled run, called n_settings * n_seeds times) for comparison.
@@ -349,6 +369,11 @@ def sweep(
             `jax.sharding.Mesh` or a sequence of devices (with `vectorize`). The
             settings are padded to a multiple of the device count (repeating the
             last one); the results equal the single-device sweep.
+        progress: True draws a progress bar of the runs (tqdm, on stderr); a callable
+            is called as `progress(runs_done, n_settings * n_seeds)`. With `vectorize`
+            the settings then run in chunks (of `batch_size`, or a tenth of the grid),
+            each chunk one call of the same compiled program, so that progress can be
+            reported between chunks; the scores equal those of one call.
 
     Returns:
         A `SweepResult`; `result.table()` prints the DAPPER-like table.
@@ -385,6 +410,7 @@ def sweep(
             )
 
     first_method = make_method(**{name: v[0] for name, v in flat.items()})
+    report, bar = _progress_reporter(progress, n_settings * n_seeds)
 
     def serial(n_runs):  # the schedule of `kalmax._compile` for the runs batched in one program
         return prefers_serial(state_size(model, first_method, n_runs))
@@ -399,23 +425,44 @@ def sweep(
             n_padded = -(-n_settings // n_devices) * n_devices
             flat_in = {k: jnp.concatenate([v, jnp.repeat(v[-1:], n_padded - n_settings)]) for k, v in flat.items()}
             run_sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
-        _sweep_vectorized = _sweep_vectorized_serial if serial(n_settings * n_seeds) else _sweep_vectorized_default
-        runs = _sweep_vectorized(
-            model, make_method, burn_in, n_padded, flat_in, seed_keys, truth, ys,
-            None if batch_size is None else int(batch_size), run_sharding,
-        )
-        if n_padded != n_settings:
-            runs = jax.tree_util.tree_map(lambda x: x[:n_settings], runs)
+        if report is None:
+            _sweep_vectorized = _sweep_vectorized_serial if serial(n_settings * n_seeds) else _sweep_vectorized_default
+            runs = _sweep_vectorized(
+                model, make_method, burn_in, n_padded, flat_in, seed_keys, truth, ys,
+                None if batch_size is None else int(batch_size), run_sharding,
+            )
+        else:
+            n_devices = 1 if run_sharding is None else int(run_sharding.mesh.devices.size)
+            chunk = int(batch_size) if batch_size is not None else -(-n_settings // min(n_settings, 10))
+            chunk = -(-chunk // n_devices) * n_devices
+            n_chunks = -(-n_settings // chunk)
+            # every chunk has the same shape (the last one padded): one compiled program
+            flat_in = {k: jnp.concatenate([v, jnp.repeat(v[-1:], n_chunks * chunk - v.shape[0])]) for k, v in flat.items()}
+            _sweep_vectorized = _sweep_vectorized_serial if serial(chunk * n_seeds) else _sweep_vectorized_default
+            pieces = []
+            for index in range(n_chunks):
+                part = {k: v[index * chunk:(index + 1) * chunk] for k, v in flat_in.items()}
+                piece = _sweep_vectorized(model, make_method, burn_in, chunk, part, seed_keys, truth, ys, None, run_sharding)
+                pieces.append(jax.block_until_ready(piece))
+                report(min((index + 1) * chunk, n_settings) * n_seeds)
+            runs = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *pieces)
+        runs = jax.tree_util.tree_map(lambda x: x[:n_settings], runs)
     else:
         _single_run = _single_run_serial if serial(1) else _single_run_default
         pieces = []
         for index in range(n_settings):
             params = {name: v[index] for name, v in flat.items()}
-            per_seed = [
-                _single_run(model, make_method, burn_in, params, seed_keys[s], truth[s], ys[s]) for s in range(n_seeds)
-            ]
+            per_seed = []
+            for s in range(n_seeds):
+                per_seed.append(_single_run(model, make_method, burn_in, params, seed_keys[s], truth[s], ys[s]))
+                if report is not None:
+                    jax.block_until_ready(per_seed[-1])
+                    report(index * n_seeds + s + 1)
             pieces.append(jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *per_seed))
         runs = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *pieces)
+
+    if bar is not None:
+        bar.close()
 
     def shaped(x):
         return x.reshape(*shape, n_seeds)

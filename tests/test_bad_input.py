@@ -216,6 +216,8 @@ EXPERIMENTS = [
                                      n_seeds=0), ValueError, "`n_seeds`"),
     ("sweep-grid-name", lambda: kx.sweep(lorenz(), lambda inflation: etkf(), 5, KEY, grid={"in flation": [1.0]}),
      ValueError, "`grid` names"),
+    ("sweep-progress", lambda: kx.sweep(lorenz(), lambda inflation: etkf(), 5, KEY, grid={"inflation": [1.0]},
+                                        progress="yes"), TypeError, "`progress`"),
     ("climatology-steps", lambda: kx.climatology_cov(lorenz(), KEY, 0), ValueError, "`n_steps`"),
     ("to-xarray-result", lambda: kx.to_xarray({"mean": 1.0}), TypeError, "`result` must be a History"),
     ("to-netcdf-folder", lambda: kx.to_netcdf(kx.assimilate(linear(), kx.KalmanFilter(), ys())[1],
@@ -330,7 +332,33 @@ COMMAND_LINE = [
     ("cli-save-folder", ("twin", "--cycles", "10", "--burn-in", "1", "--save", "/no/such/folder/run.nc"), "--save"),
 ]
 
-CASES = SIMULATE + ASSIMILATE + MODELS + FILTERS + EXPERIMENTS + INVERSION + LEARNING
+# the issue titled 08: smoothers and iterative ensemble methods
+SMOOTHERS = [
+    ("enks-lag-zero", lambda: kx.EnKS(10, 0), ValueError, "`lag`"),
+    ("enks-lag-float", lambda: kx.EnKS(10, 2.5), ValueError, "`lag`"),
+    ("enks-ensemble-size", lambda: kx.EnKS(1, 2), ValueError, "`ensemble_size`"),
+    ("enks-update", lambda: kx.EnKS(10, 2, update="sqrt"), TypeError, "`update`"),
+    ("enrts-decorrelation-zero", lambda: kx.EnRTS(10, 0.0), ValueError, "`decorrelation`"),
+    ("enrts-decorrelation-above-one", lambda: kx.EnRTS(10, 1.5), ValueError, "`decorrelation`"),
+    ("enrts-decorrelation-vector", lambda: kx.EnRTS(10, jnp.ones(2)), ValueError, "`decorrelation`"),
+    ("smooth-not-a-smoother", lambda: kx.smooth(linear(), kx.KalmanFilter(), ys()), TypeError, "`smoother`"),
+    ("smooth-ensemble-key-missing", lambda: kx.smooth(lorenz(), kx.EnKS(10, 2), ys(5, 8)), ValueError, "`key`"),
+    ("smooth-ensemble-key-int", lambda: kx.smooth(lorenz(), kx.EnRTS(10), ys(5, 8), 3), TypeError, "`key`"),
+    ("smooth-init-state-shape", lambda: kx.smooth(lorenz(), kx.EnKS(10, 2), ys(5, 8), KEY,
+                                                 init_state=kx.Ensemble(jnp.zeros((4, 8)))), ValueError,
+     "`init_state`"),
+    ("smooth-rts-init-state", lambda: kx.smooth(linear(), kx.RTSSmoother(), ys(), init_state=kx.Ensemble(jnp.zeros((4, 2)))),
+     ValueError, "`init_state`"),
+    ("esmda-coefficients-sum", lambda: kx.ESMDA(10, (2.0, 2.0, 2.0)), ValueError, "`coefficients`"),
+    ("esmda-coefficients-negative", lambda: kx.ESMDA(10, (2.0, -2.0)), ValueError, "`coefficients`"),
+    ("esmda-coefficients-zero", lambda: kx.ESMDA(10, 0), ValueError, "`coefficients`"),
+    ("esmda-ensemble-size", lambda: kx.ESMDA(1, 4), ValueError, "`ensemble_size`"),
+    ("esmda-n-steps", lambda: kx.invert(problem(), kx.ESMDA(10, 4), KEY, 3), ValueError, "`n_steps`"),
+    ("esmda-stop", lambda: kx.invert(problem(), kx.ESMDA(10, 4), KEY, stop=kx.DiscrepancyPrinciple()), ValueError,
+     "`stop`"),
+]
+
+CASES = SIMULATE + ASSIMILATE + MODELS + FILTERS + EXPERIMENTS + INVERSION + LEARNING + SMOOTHERS
 
 
 def test_the_catalogue_is_large():

@@ -150,3 +150,25 @@ def test_letkf_sweep_over_the_localisation_radius_equals_individual_runs(setup):
         np.testing.assert_allclose(result.rmse_analysis[i, 0], stats.rmse_analysis, rtol=0, atol=1e-10)
         np.testing.assert_allclose(result.spread_forecast[i, 0], stats.spread_forecast, rtol=0, atol=1e-10)
     assert result.rmse_analysis[0, 0] != result.rmse_analysis[1, 0]
+
+
+def test_progress_reports_every_run_and_keeps_the_scores(setup, result):
+    calls = []
+    chunked = sweep(setup.model, make_etkf, N_CYCLES, jax.random.key(3), grid=GRID, n_seeds=N_SEEDS, burn_in=BURN_IN,
+                    batch_size=4, progress=lambda done, total: calls.append((done, total)))
+    # 6 settings in chunks of 4 (the last one padded): two calls of one compiled program
+    assert calls == [(4 * N_SEEDS, 6 * N_SEEDS), (6 * N_SEEDS, 6 * N_SEEDS)]
+    for name in ("rmse_analysis", "rmse_forecast", "spread_analysis", "nis_ratio"):
+        np.testing.assert_allclose(getattr(chunked, name), getattr(result, name), rtol=1e-12, atol=0, err_msg=name)
+    one_by_one = []
+    sweep(setup.model, make_etkf, N_CYCLES, jax.random.key(3), grid={"inflation": [1.02], "rtps": [0.1]},
+          n_seeds=N_SEEDS, burn_in=BURN_IN, vectorize=False, progress=lambda done, total: one_by_one.append(done))
+    assert one_by_one == list(range(1, N_SEEDS + 1))
+    with pytest.raises(TypeError, match="`progress`"):
+        sweep(setup.model, make_etkf, N_CYCLES, jax.random.key(3), grid=GRID, progress="yes")
+
+
+def test_progress_bar_draws_on_stderr(setup, capsys):
+    sweep(setup.model, make_etkf, N_CYCLES, jax.random.key(3), grid={"inflation": [1.02], "rtps": [0.0, 0.1]},
+          progress=True)
+    assert "sweep runs" in capsys.readouterr().err

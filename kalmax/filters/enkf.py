@@ -36,7 +36,7 @@ from typing import ClassVar
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Float
 
 from ..ensemble.algebra import EnsembleSpace, ensemble_space
 from ..ensemble.inflation import AbstractInflation, as_inflation

@@ -60,7 +60,7 @@ def _require_one_cycle(model, who: str) -> None:
 class KalmanFilter(AbstractSteadyStateFilter, AbstractParallelFilter):
     """Exact filter for a `LinearGaussianSSM` (Kalman 1960).
 
-    Args:
+    Attributes:
         square_root: propagate the Cholesky factor of the covariance by QR
             (numerically robust in float32; needs positive-definite
             `dynamics_cov`/`obs_cov`) instead of the covariance itself.

@@ -3,6 +3,7 @@
 from .base import AbstractInversion, EnsembleInversionState
 from .constraints import Bounds, bounded, positive, unbounded
 from .eki import EKI, ETKI
+from .esmda import ESMDA
 from .invert import (
     DiscrepancyPrinciple,
     InversionError,
@@ -18,7 +19,14 @@ from .eks import EKS
 from .external import IterationReport, invert_external
 from .flow import EKIFlowResult, eki_flow, eki_velocity
 from .uki import UKI, UKIState
-from .schedulers import AbstractScheduler, DataMisfitController, EKSStableStep, FixedStep, StepContext
+from .schedulers import (
+    AbstractScheduler,
+    DataMisfitController,
+    EKSStableStep,
+    FixedStep,
+    MDASchedule,
+    StepContext,
+)
 
 __all__ = [
     "IterationReport",
@@ -33,9 +41,11 @@ __all__ = [
     "EKSStableStep",
     "EKIFlowResult",
     "ETKI",
+    "ESMDA",
     "EnsembleInversionState",
     "FixedStep",
     "InverseProblem",
+    "MDASchedule",
     "InversionError",
     "InversionHistory",
     "InversionResult",

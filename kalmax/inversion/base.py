@@ -124,6 +124,11 @@ class AbstractInversion(eqx.Module):
         """The algorithmic time at which a run ends by itself (inf: never). Default: never."""
         return math.inf
 
+    def fixed_iterations(self) -> int | None:
+        """The number of iterations that completes the method (ES-MDA: one per alpha), which
+        `invert` then runs as a fixed, differentiable scan; None (default): no such number."""
+        return None
+
     def enough_successes(self, failures) -> jax.Array:
         """Whether enough forward runs succeeded to update (ensembles: at least two)."""
         return jnp.sum(failures == 0) >= 2

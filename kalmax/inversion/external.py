@@ -316,7 +316,7 @@ def invert_external(
             exception messages, or a non-finite ensemble.
         ValueError / TypeError: bad arguments, or a run returning a wrong shape.
     """
-    check_run(problem, method, key, n_steps, stop, max_steps)
+    n_steps = check_run(problem, method, key, n_steps, stop, max_steps)
     if not callable(forward):
         raise TypeError(f"`forward` must be callable (theta -> (p,) predicted data); got {type(forward).__name__}")
     if executor is not None and not isinstance(executor, cf.Executor):

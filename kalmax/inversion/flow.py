@@ -141,7 +141,8 @@ def eki_flow(
         solver: a diffrax solver (default `diffrax.Tsit5()`).
         stepsize_controller: default `diffrax.PIDController(rtol, atol)` (adaptive);
             with `diffrax.ConstantStepSize()` give `dt0`.
-        rtol, atol: tolerances of the default controller.
+        rtol: relative tolerance of the default controller.
+        atol: absolute tolerance of the default controller.
         dt0: the first step (default: chosen by the controller).
         max_steps: the solver's step bound (diffrax's `max_steps`).
         adjoint: how to differentiate the solve (default diffrax's

@@ -246,7 +246,7 @@ def invert(
     Returns:
         `InversionResult(state, history, code, n_iterations)`.
     """
-    check_run(problem, method, key, n_steps, stop, max_steps)
+    n_steps = check_run(problem, method, key, n_steps, stop, max_steps)
     if problem.forward is None:
         raise ValueError("`problem.forward` is None: run a forward model outside JAX with kalmax.invert_external")
     adaptive = is_adaptive(method, stop)
@@ -269,18 +269,28 @@ def is_adaptive(method, stop) -> bool:
     return stop is not None or math.isfinite(method.final_time())
 
 
-def check_run(problem, method, key, n_steps, stop, max_steps) -> None:
-    """The argument checks shared by `invert` and `invert_external`."""
+def check_run(problem, method, key, n_steps, stop, max_steps) -> int | None:
+    """The argument checks shared by `invert` and `invert_external`; returns `n_steps`
+    (the method's own count for methods with a fixed number of iterations)."""
     if not isinstance(problem, InverseProblem):
         raise TypeError(f"`problem` must be a kalmax InverseProblem; got {type(problem).__name__}")
     if not isinstance(method, AbstractInversion):
-        raise TypeError(f"`method` must be a kalmax inversion method (EKI, ETKI, EKS, UKI); got {type(method).__name__}")
+        raise TypeError(f"`method` must be a kalmax inversion method (EKI, ETKI, EKS, UKI, ESMDA); got {type(method).__name__}")
     if stop is not None and not isinstance(stop, DiscrepancyPrinciple):
         raise TypeError(f"`stop` must be a DiscrepancyPrinciple or None; got {type(stop).__name__}")
     if n_steps is not None and (not isinstance(n_steps, int) or isinstance(n_steps, bool) or n_steps < 0):
         raise ValueError(f"`n_steps` must be a non-negative int; got {n_steps!r}")
     if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 1:
         raise ValueError(f"`max_steps` must be a positive int; got {max_steps!r}")
+    fixed = method.fixed_iterations()
+    if fixed is not None:
+        name = type(method).__name__
+        if stop is not None:
+            raise ValueError(f"`stop`: {name} runs a fixed number of iterations ({fixed}); it takes no stopping rule")
+        if n_steps is not None and n_steps != fixed:
+            raise ValueError(f"`n_steps`: {name} runs exactly {fixed} iterations (one per coefficient); "
+                             f"give n_steps={fixed} or None; got {n_steps}")
+        n_steps = fixed
     if n_steps is None and not is_adaptive(method, stop):
         raise ValueError(
             "give `n_steps`, a stopping rule (`stop=DiscrepancyPrinciple()`), or a scheduler with a final time "
@@ -289,6 +299,7 @@ def check_run(problem, method, key, n_steps, stop, max_steps) -> None:
     if key is None and method.needs_key:
         raise ValueError(f"{type(method).__name__} needs a `key` (initial ensemble, perturbations, redraws)")
     _checks.check_key("key", key, required=False)
+    return n_steps
 
 
 def start(problem, method, key, init_state):

@@ -140,3 +140,55 @@ class EKSStableStep(AbstractScheduler):
     def raw_step(self, context):
         drift = -(context.residuals @ context.output_anomalies.T) / context.n_success
         return self.numerator / (jnp.sqrt(jnp.sum(drift**2)) + self.nugget)
+
+
+def mda_coefficients(coefficients) -> tuple[float, ...]:
+    """The inflation coefficients alpha_1..alpha_Na of ES-MDA, checked: an int n gives n
+    equal coefficients alpha_i = n; a sequence must be positive with sum(1 / alpha_i) = 1."""
+    if isinstance(coefficients, bool):
+        raise TypeError(f"`coefficients` must be a number of assimilations or a sequence of alphas; got {coefficients!r}")
+    if isinstance(coefficients, int):
+        if coefficients < 1:
+            raise ValueError(f"`coefficients`: the number of assimilations must be >= 1; got {coefficients}")
+        return (float(coefficients),) * coefficients
+    try:
+        values = tuple(float(a) for a in coefficients)
+    except TypeError:
+        raise TypeError(
+            f"`coefficients` must be a number of assimilations or a sequence of alphas; got {type(coefficients).__name__}"
+        ) from None
+    if not values:
+        raise ValueError("`coefficients` is empty: give at least one alpha")
+    if not all(math.isfinite(a) and a > 0 for a in values):
+        raise ValueError(f"`coefficients` must be positive and finite; got {values}")
+    total = math.fsum(1.0 / a for a in values)
+    if abs(total - 1.0) > 1e-8:
+        raise ValueError(f"`coefficients`: the inverses of the alphas must sum to 1 (Emerick & Reynolds 2013); "
+                         f"sum(1/alpha) = {total!r} for {values}")
+    return values
+
+
+class MDASchedule(AbstractScheduler):
+    """The steps h_i = 1 / alpha_i of ES-MDA (Emerick & Reynolds 2013), ending at t = 1.
+
+    Stochastic EKI with these steps is ES-MDA: the data noise is inflated by alpha_i
+    (h^{-1} Gamma) and the perturbations by sqrt(alpha_i). The step of iteration i is
+    found from the time t_i = 1/alpha_1 + ... + 1/alpha_{i-1} reached so far.
+
+    Attributes:
+        coefficients: the alphas (static), positive with sum(1 / alpha_i) = 1; an int n
+            gives n equal alphas.
+    """
+
+    coefficients: tuple[float, ...] = eqx.field(static=True, converter=mda_coefficients)
+
+    @property
+    def final_time(self) -> float:
+        return 1.0
+
+    def raw_step(self, context):
+        dtype = context.residuals.dtype
+        steps = jnp.asarray([1.0 / a for a in self.coefficients], dtype)
+        starts = jnp.concatenate([jnp.zeros(1, dtype), jnp.cumsum(steps)[:-1]])
+        index = jnp.argmin(jnp.abs(starts - context.time))
+        return steps[index]

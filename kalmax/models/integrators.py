@@ -338,7 +338,7 @@ class Flow(AbstractEnsembleDynamics):
     interval later, same shape and dtype. Both fields are pytrees, so model
     parameters and `dt` are differentiable leaves of the flow.
 
-    Args:
+    Attributes:
         model: a model with `vector_field(state)` (Lorenz63, Lorenz96, NavierStokes2D, ...).
         integrator: an `AbstractIntegrator` (`RK4`, `IntegratingFactorRK4`).
 

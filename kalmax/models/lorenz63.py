@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
@@ -21,10 +20,12 @@ class Lorenz63(AbstractEnsembleVectorField):
     the defaults; the twin experiment of Sakov et al. (2012) integrates with
     RK4, dt = 0.01, 25 steps per observation interval.
 
-    Args:
-        sigma, rho, beta: scalar parameters, stored as float arrays (pytree
-            leaves: `jax.grad`, `jit` and `vmap` trace them). They are cast to
-            the state's dtype when the vector field is evaluated.
+    Attributes:
+        sigma: scalar parameter (default 10). The three parameters are stored as
+            float arrays (pytree leaves: `jax.grad`, `jit` and `vmap` trace them),
+            cast to the state's dtype when the vector field is evaluated.
+        rho: scalar parameter (default 28).
+        beta: scalar parameter (default 8/3).
 
     Example:
         >>> flow = Flow(Lorenz63(), RK4(dt=0.01, n_steps=25))

@@ -96,7 +96,10 @@ def darcy_problem(
         n_modes: the number of KL coefficients, the parameter dimension.
         noise_std: the data noise standard deviation (> 0); Gamma = noise_std^2 I.
         truth: optional (n_modes,) true coefficients; default a draw from the prior N(0, I).
-        alpha, tau, source, observation_points: passed to `kalmax.models.Darcy`.
+        alpha: passed to `kalmax.models.Darcy`.
+        tau: passed to `kalmax.models.Darcy`.
+        source: passed to `kalmax.models.Darcy`.
+        observation_points: passed to `kalmax.models.Darcy`.
         dtype: float dtype (default JAX's default float).
         map_batch_size: passed to `InverseProblem` (None: members vmapped; an int k: `lax.map`
             k at a time, faster on CPU for this solver, see `InverseProblem`).

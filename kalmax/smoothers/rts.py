@@ -16,7 +16,7 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, Bool, Float
 
 from ..assimilate import assimilate
 from ..filters.kalman import KalmanFilter
@@ -180,7 +180,7 @@ def steady_state_backward(model, filtered):
 class RTSSmoother(AbstractSmoother):
     """Kalman filter forward, Rauch-Tung-Striebel smoother backward (module docstring).
 
-    Args:
+    Attributes:
         parallel: run both passes as associative scans (Särkkä & García-Fernández 2021).
         square_root: run the forward pass in square-root form.
         steady_state: on a time-invariant model, reuse the converged covariances
@@ -210,7 +210,9 @@ class RTSSmoother(AbstractSmoother):
             raise TypeError(f"`model` must be a LinearGaussianSSM; got {type(model).__name__}")
         self.filter.check_model(model)
 
-    def run(self, model: LinearGaussianSSM, ys, key=None) -> SmootherResult:
+    def run(self, model: LinearGaussianSSM, ys, key=None, init_state=None) -> SmootherResult:
+        if init_state is not None:
+            raise ValueError("`init_state`: RTSSmoother starts from the model's prior (set init_mean, init_cov)")
         method = self.filter
         loop = ParallelScan() if self.parallel else None
         _, filtered = assimilate(model, method, ys, save=Save(cov=True, forecast=True), throw=False, loop=loop)

@@ -1,0 +1,438 @@
+"""The iterative ensemble Kalman smoother (iEnKS; Bocquet & Sakov 2014) and its special
+cases: the iEnKF (lag 1; Sakov, Oliver & Bertino 2012), EnRML (perturbed observations;
+Chen & Oliver 2012) and the multiple-data-assimilation form (MDA; Emerick & Reynolds 2013).
+
+A data-assimilation window (DAW) of L = `lag` cycles runs from the state v_s at its
+start (s = max(0, n + 1 - L)) to the newest observation time, v_{n+1}; each window
+assimilates its newest observation y_{n+1} (the single-assimilation iEnKS, shift 1, as
+DAPPER's `iEnKS`). With the ensemble E_s = x_0 + X_0 at the start (X_0: anomalies, J
+rows), the state is searched as x_0 + w X_0 for weights w (J,), and the cost
+
+    J(w) = (J - 1)/2 |w|^2 + 1/2 |y_{n+1} - h(M_{s->n+1}(x_0 + w X_0))|^2_Gamma
+
+is minimised by Gauss-Newton in ensemble space. Each iteration propagates the ensemble
+x_0 + (w + eps T) X_0 through the window, whitens its observed anomalies Y and
+innovation dy (Gamma^{-1/2}), "de-conditions" them, Y_0 = T^{-1} Y (the sensitivities
+of h o M at the current w), and steps
+
+    grad = Y_0 dy - (J - 1) w,   C_w = (Y_0 Y_0^T + (J - 1) I)^{-1},   w <- w + grad C_w,
+
+until |dw|^2 < wtol J or `n_iter` iterations. The anomaly transform is, by `update`:
+`SquareRoot()` T = sqrt(J - 1) C_w^{1/2} (Bocquet & Sakov); `PerturbedObservations()`
+(EnRML) T <- T + (-(Y + D) Y_0^T + (J - 1)(I - T)) C_w with centred perturbations D
+drawn once per window; `DEnKF()` its first-order (half-gain) form. With `mda=True` the
+iterations anneal instead (observation error inflated by `n_iter`, no de-conditioning):
+ES-MDA for `PerturbedObservations()`. `bundle=True` propagates eps = 1e-4 times the
+anomalies (finite-difference sensitivities, close to the iterative extended Kalman
+smoother); otherwise eps = 1 (ensemble regression, the "transform" variant).
+
+After the iterations the smoothed start ensemble x_0 + (w + T) X_0 is inflated and
+rotated (DAPPER's `post_process`), its mean is the smoothed estimate of v_s given
+y_1..y_{n+1}, and the window slides by one cycle (the start propagated to v_{s+1}) once
+it is full. The filtered analysis of v_{n+1} is the last forecast plus the linearised
+final increment (dw + T - T_old) X_f (DAPPER's convention: without re-running the model,
+and equal to the EnKF's analysis when n_iter = 1). The model must be perfect (no model
+noise), as in DAPPER.
+
+The same module runs as a filter (`kx.assimilate`, `kx.twin_experiment`, `kx.sweep`:
+its history holds the filtered analyses) and as a smoother (`kx.smooth`: the smoothed
+means of v_0..v_T at lag L, and the filtered ones).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
+
+from .. import _checks
+from ..assimilate import assimilate
+from ..ensemble.algebra import ensemble_space, whitener
+from ..ensemble.inflation import AbstractInflation, as_inflation
+from ..filters.enkf import AbstractEnsembleAnalysis, DEnKF, PerturbedObservations, SquareRoot
+from ..filters.ensemble_base import AbstractEnsembleFilter, ensemble_status, initial_members, member_model
+from ..gaussian import Ensemble
+from ..history import Save
+from ..linalg import mean_preserving_rotation, sym_matrix_function
+from ..models.integrators import AbstractEnsembleDynamics
+from ..results import RESULTS
+from ..ssm import n_times
+from .base import AbstractSmoother
+from .ensemble import EnsembleSmootherResult
+
+BUNDLE_EPS = 1e-4  # DAPPER's and Bocquet & Sakov's bundle scaling
+
+
+class WindowState(eqx.Module):
+    """The iEnKS state between cycles.
+
+    Attributes:
+        start: (J, d) the ensemble at the start of the next window, v_s.
+        members: (J, d) the filtered analysis ensemble of the newest state (what
+            `assimilate` saves and the twin experiment scores); after `forecast`, the
+            forecast ensemble of the new observation time.
+        cycle: the number of cycles done (int32), which sets the window's length while
+            it grows from v_0.
+    """
+
+    start: Float[Array, "J d"]
+    members: Float[Array, "J d"]
+    cycle: Int[Array, ""]
+
+    @property
+    def mean(self) -> Float[Array, " d"]:
+        return self.members.mean(axis=0)
+
+    @property
+    def size(self) -> int:
+        return self.members.shape[0]
+
+
+class IEnKSInfo(eqx.Module):
+    """Per-cycle diagnostics of the iEnKS.
+
+    Attributes:
+        log_likelihood, n_observed, spread, status, nis: as `kx.EnsembleInfo` (the
+            log-likelihood and NIS of the first-iteration forecast ensemble).
+        n_iterations: Gauss-Newton iterations done (int32).
+        increment: |dw|^2 / J of the last iteration (convergence when below `wtol`).
+        lagged_mean: (d,) smoothed mean of the window's start v_s (given y up to y_{n+1}).
+        lagged_spread: its spread.
+    """
+
+    log_likelihood: Float[Array, ""]
+    n_observed: Array
+    spread: Float[Array, ""]
+    status: Array
+    nis: Float[Array, ""]
+    n_iterations: Int[Array, ""]
+    increment: Float[Array, ""]
+    lagged_mean: Float[Array, " d"]
+    lagged_spread: Float[Array, ""]
+
+
+def _power_plus(eigvals, ridge, exponent):
+    """(l + ridge)^(-exponent), with l clipped at 0 (eigenvalues of Y0 Y0^T)."""
+    return (jnp.maximum(eigvals, 0.0) + ridge) ** (-exponent)
+
+
+def _power_plus_divided(eigvals, ridge, exponent):
+    """((l + ridge)^(-e) - ridge^(-e)) / l, the divided difference at 0 (its limit -e ridge^(-e-1) at l = 0)."""
+    eigvals = jnp.maximum(eigvals, 0.0)
+    small = eigvals <= 1e-12 * ridge
+    safe = jnp.where(small, 1.0, eigvals)
+    divided = ((safe + ridge) ** (-exponent) - ridge ** (-exponent)) / safe
+    return jnp.where(small, -exponent * ridge ** (-exponent - 1.0), divided)
+
+
+def _cov_power(y0, ridge, exponent: float):
+    """(Y0 Y0^T + ridge I)^(-exponent) (J x J) for Y0 (J, p): from the J x J eigendecomposition,
+    or, with fewer observations than members, from the p x p one as
+    ridge^(-e) I + Y0 g(Y0^T Y0) Y0^T with the divided difference g (cost O(J^2 p + p^3))."""
+    size, n_obs = y0.shape
+    if n_obs >= size:
+        return sym_matrix_function(_power_plus, y0 @ y0.T, ridge, exponent)
+    inner = sym_matrix_function(_power_plus_divided, y0.T @ y0, ridge, exponent)
+    return ridge ** (-exponent) * jnp.eye(size, dtype=y0.dtype) + y0 @ inner @ y0.T
+
+
+def _advance(model, members):
+    """Every member one cycle through the (perfect) model."""
+    if isinstance(model.dynamics, AbstractEnsembleDynamics):
+        return model.dynamics.ensemble(members)
+    return jax.vmap(model.dynamics)(members)
+
+
+def _rank_pinv(matrix, rank: int):
+    """The pseudo-inverse of `matrix` from its `rank` largest singular values (DAPPER's
+    `tinv(T, threshold=N1)`)."""
+    left, values, right = jnp.linalg.svd(matrix)
+    keep = jnp.arange(values.shape[0]) < rank
+    inverse = jnp.where(keep, 1.0 / jnp.where(keep, values, 1.0), 0.0)
+    return (right.T * inverse[None, :]) @ left.T
+
+
+def _spread(members):
+    return jnp.sqrt(jnp.mean(jnp.var(members, axis=0, ddof=1)))
+
+
+def _center(members):
+    mean = members.mean(axis=0)
+    return members - mean, mean
+
+
+class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
+    """Iterative ensemble Kalman smoother (Bocquet & Sakov 2014; module docstring).
+
+    Attributes:
+        ensemble_size: J >= 2 (static).
+        lag: L >= 1, the window length in cycles (static); `lag=1` is the iEnKF.
+        update: `SquareRoot()` (default, the iEnKS/iEnKF), `PerturbedObservations()`
+            (EnRML) or `DEnKF()` (first order).
+        n_iter: the most Gauss-Newton iterations per window (static, >= 1).
+        wtol: stop when |dw|^2 < wtol J (0: always `n_iter`; DAPPER recommends 1e-5).
+        mda: anneal instead (multiple data assimilation, observation error x n_iter).
+        bundle: finite-difference sensitivities (eps = 1e-4) instead of the ensemble
+            regression (eps = 1).
+        inflation: applied to the smoothed start ensemble after each window (a number
+            is DAPPER's multiplicative `infl`).
+        rotate: a random mean-preserving rotation of it (DAPPER's `rot`).
+
+    Example:
+        >>> ienks = kx.IEnKS(10, lag=2, inflation=1.02, rotate=True)
+        >>> final, history = kx.assimilate(model, ienks, ys, key)   # filtered analyses
+        >>> smoothed = kx.smooth(model, ienks, ys, key)              # and smoothed ones
+    """
+
+    ensemble_size: int = eqx.field(static=True)
+    lag: int = eqx.field(static=True)
+    update: AbstractEnsembleAnalysis
+    n_iter: int = eqx.field(static=True)
+    wtol: Float[Array, ""]
+    mda: bool = eqx.field(static=True)
+    bundle: bool = eqx.field(static=True)
+    inflation: AbstractInflation
+    rotate: bool = eqx.field(static=True)
+
+    stochastic: ClassVar[bool] = True
+
+    def __init__(self, ensemble_size: int, lag: int = 1, update: AbstractEnsembleAnalysis | None = None,
+                 n_iter: int = 10, wtol=0.0, mda: bool = False, bundle: bool = False, inflation=None,
+                 rotate: bool = False):
+        if isinstance(ensemble_size, bool) or int(ensemble_size) != ensemble_size or int(ensemble_size) < 2:
+            raise ValueError(f"`ensemble_size` must be an integer >= 2; got {ensemble_size}")
+        if isinstance(lag, bool) or not isinstance(lag, int) or lag < 1:
+            raise ValueError(f"`lag` must be an integer >= 1 (the window length in cycles); got {lag!r}")
+        if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1:
+            raise ValueError(f"`n_iter` must be an integer >= 1 (Gauss-Newton iterations per window); got {n_iter!r}")
+        update = SquareRoot() if update is None else update
+        if not isinstance(update, (SquareRoot, PerturbedObservations, DEnKF)):
+            raise TypeError(f"`update` must be SquareRoot(), PerturbedObservations() or DEnKF(); got {type(update).__name__}")
+        wtol = _checks.as_float_array("wtol", wtol)
+        if wtol.ndim != 0 or (_checks.is_concrete(wtol) and not float(wtol) >= 0.0):
+            raise ValueError(f"`wtol` must be a number >= 0; got {wtol}")
+        self.ensemble_size = int(ensemble_size)
+        self.lag = lag
+        self.update = update
+        self.n_iter = n_iter
+        self.wtol = wtol
+        self.mda = bool(mda)
+        self.bundle = bool(bundle)
+        self.inflation = as_inflation(inflation)
+        self.rotate = bool(rotate)
+
+    # -- checks ----------------------------------------------------------------------------
+
+    def check_model(self, model) -> None:
+        """A perfect model (no `dynamics_cov`) whose fields do not change with time."""
+        if n_times(model) is not None:
+            raise ValueError("IEnKS: `model` has `TimeVarying` fields; a window spans several cycles and needs a "
+                             "time-invariant model")
+        model = member_model(model, "IEnKS")
+        if not model.dynamics_cov.is_zero():
+            raise ValueError("IEnKS assumes a perfect model: `model.dynamics_cov` must be zero (kx.ZeroCovariance); "
+                             "for model error use an EnKF or EnKS")
+        self.inflation.check_size(model.state_dim)
+
+    # -- the window ------------------------------------------------------------------------
+
+    def _propagate(self, model, members, cycle):
+        """The ensemble from the window's start through its cycles to the newest state;
+        the window has min(cycle + 1, L) cycles (the first ones are skipped while it grows)."""
+        n_active = jnp.minimum(cycle + 1, self.lag)
+
+        def one(step, x):
+            return jnp.where(step >= self.lag - n_active, _advance(model, x), x)
+
+        return jax.lax.fori_loop(0, self.lag, one, members)
+
+    def _shifted(self, model, start, cycle):
+        """The next window's start: v_{s+1} once the window is full, else v_0 kept."""
+        return jnp.where(cycle + 1 >= self.lag, _advance(model, start), start)
+
+    def _eps(self, dtype):
+        return jnp.asarray(BUNDLE_EPS if self.bundle else 1.0, dtype)
+
+    # -- the filter contract ---------------------------------------------------------------
+
+    def init(self, model, key) -> WindowState:
+        model = member_model(model, "IEnKS.init")
+        members = initial_members(model, self.ensemble_size, key)
+        return WindowState(members, members, jnp.zeros((), jnp.int32))
+
+    def forecast(self, model, state: WindowState, key=None) -> WindowState:
+        """The first iteration's forecast: the start ensemble (w = 0, T = I) through the window."""
+        model = member_model(model, "IEnKS.forecast")
+        anomalies, mean = _center(state.start)
+        eps = self._eps(state.start.dtype)
+        forecast = self._propagate(model, mean + eps * anomalies, state.cycle)
+        if self.bundle:
+            forecast_anomalies, forecast_mean = _center(forecast)
+            forecast = forecast_mean + forecast_anomalies / eps
+        return WindowState(state.start, forecast, state.cycle)
+
+    def analysis(self, model, state: WindowState, y, key=None) -> tuple[WindowState, IEnKSInfo]:
+        """Gauss-Newton (or MDA) iterations on the window ending at y_{n+1}, then the slide."""
+        model = member_model(model, "IEnKS.analysis")
+        y = jnp.asarray(y)
+        size = self.ensemble_size
+        dtype = state.start.dtype
+        ridge = jnp.asarray(size - 1, dtype)
+        za = ridge * self.n_iter if self.mda else ridge
+        eps = self._eps(dtype)
+        identity = jnp.eye(size, dtype=dtype)
+        mask = jnp.isfinite(y)
+        whiten, _ = whitener(model.obs_cov, mask)
+        start_anomalies, start_mean = _center(state.start)
+        key_noise, key_post, key_rot = (None,) * 3 if key is None else tuple(jax.random.split(key, 3))
+        perturbed = isinstance(self.update, PerturbedObservations)
+        if perturbed and key is None:
+            raise ValueError("IEnKS with PerturbedObservations (EnRML) draws perturbations: a `key` is required")
+        noise_keys = None if key_noise is None else jax.random.split(key_noise, self.n_iter)
+
+        def observe_whitened(forecast):
+            observed = jax.vmap(model.observe)(forecast)
+            if self.bundle:
+                obs_anomalies, obs_mean = _center(observed)
+                observed = obs_mean + obs_anomalies / eps
+            obs_anomalies, obs_mean = _center(observed)
+            innovation = whiten(jnp.where(mask, y - obs_mean, 0.0))
+            return whiten(obs_anomalies), innovation
+
+        def perturbations(index):
+            shape = (size, y.shape[0])
+            draws = jax.random.normal(noise_keys[index], shape, dtype)
+            draws = jnp.where(mask[None, :], draws - draws.mean(axis=0), 0.0)
+            return draws * jnp.sqrt(jnp.asarray(self.n_iter, dtype)) if self.mda else draws
+
+        def step(carry, index, forecast):
+            w, transform, transform_inv, noise = carry
+            obs_anomalies, innovation = observe_whitened(forecast)
+            y0 = obs_anomalies if self.mda else transform_inv @ obs_anomalies
+
+            def cov_power(exponent):
+                return _cov_power(y0, za, exponent)
+
+            cov_w = cov_power(1.0)
+            if self.mda:
+                cov_w = cov_w @ transform
+                dw = (obs_anomalies @ innovation) @ cov_w
+                if perturbed:
+                    noise = perturbations(index)
+                    transform = transform - (obs_anomalies + noise) @ obs_anomalies.T @ cov_w
+                elif isinstance(self.update, SquareRoot):
+                    transform = cov_power(0.5) * jnp.sqrt(za) @ transform
+                else:
+                    transform = transform - 0.5 * obs_anomalies @ obs_anomalies.T @ cov_w
+            else:
+                dw = (y0 @ innovation - w * za) @ cov_w
+                if isinstance(self.update, SquareRoot):
+                    transform = cov_power(0.5) * jnp.sqrt(ridge)
+                    transform_inv = cov_power(-0.5) / jnp.sqrt(ridge)
+                elif perturbed:
+                    noise = jnp.where(index == 0, perturbations(0), noise)
+                    gradient = -(obs_anomalies + noise) @ y0.T + ridge * (identity - transform)
+                    transform = transform + gradient @ cov_w
+                    transform_inv = jnp.linalg.inv(transform + 1.0)  # DAPPER's stabilised inverse
+                else:
+                    gradient = -0.5 * obs_anomalies @ y0.T + ridge * (identity - transform)
+                    transform = transform + gradient @ cov_w
+                    transform_inv = _rank_pinv(transform, size - 1)
+            return (w + dw, transform, transform_inv, noise), dw
+
+        def forecast_of(w, transform):
+            """The window's forecast of x_0 + (w + eps T) X_0 (scaled by eps in bundle mode)."""
+            return self._propagate(model, start_mean + (w[None, :] + eps * transform) @ start_anomalies, state.cycle)
+
+        def unscaled(forecast):
+            if not self.bundle:
+                return forecast
+            anomalies, mean = _center(forecast)
+            return mean + anomalies / eps
+
+        # iteration 0 from the forecast `forecast` made (kept unscaled); then the rest until converged
+        forecast_first = state.members
+        forecast_anomalies, first_mean = _center(forecast_first)
+        noise0 = jnp.zeros((size, y.shape[0]), dtype)
+        carry = (jnp.zeros(size, dtype), identity, identity, noise0)
+        scaled_first = first_mean + eps * forecast_anomalies if self.bundle else forecast_first
+        carry, dw = step(carry, 0, scaled_first)
+        converged = dw @ dw < self.wtol * size
+        loop = (carry, dw, identity, scaled_first, converged, jnp.ones((), jnp.int32))
+
+        def iterate(loop, index):
+            carry, dw, transform_old, forecast, converged, count = loop
+
+            def advance(_):
+                w, transform = carry[0], carry[1]
+                new_forecast = forecast_of(w, transform)
+                new_carry, new_dw = step(carry, index, new_forecast)
+                return (new_carry, new_dw, transform, new_forecast, new_dw @ new_dw < self.wtol * size, count + 1)
+
+            return jax.lax.cond(converged, lambda _: loop, advance, None), None
+
+        if self.n_iter > 1:
+            loop, _ = jax.lax.scan(iterate, loop, jnp.arange(1, self.n_iter))
+        (w, transform, _, _), dw, transform_old, forecast, _, count = loop
+
+        # the filtered analysis: the last forecast plus the linearised final increment
+        analysis = unscaled(forecast) + (dw[None, :] + transform - transform_old) @ forecast_anomalies
+        smoothed = start_mean + (w[None, :] + transform) @ start_anomalies
+        smoothed = self.inflation.posterior(Ensemble(state.start), Ensemble(smoothed), key_post).members
+        if self.rotate:
+            if key_rot is None:
+                raise ValueError("`rotate=True` draws a random rotation: a `key` is required")
+            rotation = mean_preserving_rotation(key_rot, size, dtype)
+            anomalies, mean = _center(smoothed)
+            smoothed = mean + rotation @ anomalies
+
+        first = ensemble_space(Ensemble(forecast_first), jax.vmap(model.observe)(forecast_first), y, model.obs_cov)
+        spread = _spread(analysis)
+        status = ensemble_status(analysis, spread)
+        status = jnp.where(jnp.all(jnp.isfinite(smoothed)), status, RESULTS.NON_FINITE).astype(jnp.int32)
+        info = IEnKSInfo(
+            log_likelihood=first.log_likelihood, n_observed=jnp.sum(mask).astype(jnp.int32), spread=spread,
+            status=status, nis=first.nis, n_iterations=count, increment=dw @ dw / size,
+            lagged_mean=smoothed.mean(axis=0), lagged_spread=_spread(smoothed),
+        )
+        next_start = self._shifted(model, smoothed, state.cycle)
+        return WindowState(next_start, analysis, state.cycle + 1), info
+
+    # -- the smoother contract -------------------------------------------------------------
+
+    def run(self, model, ys, key=None, init_state=None) -> EnsembleSmootherResult:
+        """Filtered and smoothed means: `mean[n]` is v_{n+1} given all of y_1..y_T within the
+        lag (the last L states: the final window's smoothed start propagated forward)."""
+        model = member_model(model, "IEnKS")
+        start = None
+        if init_state is not None:
+            members = init_state.members if isinstance(init_state, Ensemble) else jnp.asarray(init_state)
+            if members.shape != (self.ensemble_size, model.state_dim):
+                raise ValueError(f"`init_state` must be an Ensemble of shape ({self.ensemble_size}, {model.state_dim}) "
+                                 f"(members, dx); got {tuple(members.shape)}")
+            start = WindowState(members, members, jnp.zeros((), jnp.int32))
+        final, filtered = assimilate(model, self, ys, key, save=Save(), throw=False, init_state=start)
+        n_cycles = ys.shape[0]
+        # lagged_mean[n] is v_{max(0, n + 1 - L)}: v_0..v_{T-L} from the rows n >= L - 1
+        from_windows = filtered.info.lagged_mean[self.lag - 1:]
+        spreads = filtered.info.lagged_spread[self.lag - 1:]
+        n_rest = n_cycles - max(0, n_cycles - self.lag + 1)  # v_{s_final}..v_T after the start
+
+        def forward(members, _):
+            moved = _advance(model, members)
+            return moved, (moved.mean(axis=0), _spread(moved))
+
+        _, (rest_means, rest_spreads) = jax.lax.scan(forward, final.start, None, length=n_rest)
+        # v_0..v_{T-L} from the windows, then the final start v_{max(0, T-L+1)} and its propagation
+        means = jnp.concatenate([from_windows, final.start.mean(axis=0)[None], rest_means], axis=0)
+        spreads = jnp.concatenate([spreads, _spread(final.start)[None], rest_spreads], axis=0)
+        return EnsembleSmootherResult(
+            mean=means[1:], spread=spreads[1:], init_mean=means[0], filtered=filtered,
+            log_likelihood=jnp.sum(filtered.info.log_likelihood),
+        )
+
+
+__all__ = ["IEnKS", "IEnKSInfo", "WindowState"]
