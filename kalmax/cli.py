@@ -37,6 +37,8 @@ def _integer_at_least(minimum: int):
 
 # Sweepable hyperparameters: the name passed to `make_method` -> the option that gives values.
 _GRID_OPTIONS = {"inflation": "--inflation", "xb": "--xb", "beta": "--beta", "radius": "--radius", "xn": "--xn"}
+# options that fix a method's structure (not swept), and the methods that take them
+_STRUCTURE_OPTIONS = {"lag": ("--lag", ("enks", "ienks")), "n_iter": ("--n-iter", ("ienks",))}
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,8 @@ def check_options_apply(args, defaults, setup) -> None:
     take: silently ignoring them would report a run the user did not ask for."""
     unused = [option for name, option in _GRID_OPTIONS.items()
               if getattr(args, name, None) is not None and name not in defaults]
+    unused += [option for name, (option, methods) in _STRUCTURE_OPTIONS.items()
+               if getattr(args, name, None) is not None and args.method not in methods]
     if unused:
         valid = ", ".join(_GRID_OPTIONS[name] for name in defaults) or "none"
         raise ValueError(f"{', '.join(unused)} does not apply to --method {args.method} on {setup.name}; "
@@ -165,6 +169,30 @@ def _factory_letkf(setup, args, key):
     return make, {"inflation": infl, "radius": radius}
 
 
+def _smoother_factory(kind: str):
+    """EnKS / IEnKS with the preset's published ETKF settings (size, inflation, rotation);
+    --lag (default: 4 for the EnKS, 1 for the iEnKS, the iEnKF) and --n-iter (default 10)."""
+
+    def factory(setup, args, key):
+        from .smoothers.ensemble import EnKS
+        from .smoothers.ienks import IEnKS
+
+        settings = setup.defaults.etkf
+        size = settings.size if getattr(args, "ensemble_size", None) is None else args.ensemble_size
+        rotate = settings.rotate if getattr(args, "rotate", None) is None else args.rotate
+        lag = getattr(args, "lag", None) or (4 if kind == "enks" else 1)
+        n_iter = getattr(args, "n_iter", None) or 10
+
+        def make(inflation):
+            if kind == "enks":
+                return EnKS(size, lag, inflation=inflation, rotate=rotate)
+            return IEnKS(size, lag, n_iter=n_iter, inflation=inflation, rotate=rotate)
+
+        return make, {"inflation": settings.inflation}
+
+    return factory
+
+
 def _factory_enkf_n(setup, args, key):
     from .filters.enkf_n import EnKFN
 
@@ -199,6 +227,14 @@ METHODS: dict[str, MethodEntry] = {
     "letkf": MethodEntry(
         _factory_letkf,
         "LETKF with Gaspari-Cohn localisation (DAPPER's LETKF(N, infl, rot, loc_rad) on Lorenz-96)",
+    ),
+    "enks": MethodEntry(
+        _smoother_factory("enks"), "EnKS: fixed-lag ensemble Kalman smoother, square root, --lag cycles (default 4)"
+    ),
+    "ienks": MethodEntry(
+        _smoother_factory("ienks"),
+        "IEnKS: iterative ensemble Kalman smoother, --lag cycles (1: the iEnKF), --n-iter Gauss-Newton iterations "
+        "(DAPPER's iEnKS('Sqrt', N, Lag, nIter, infl, rot))",
     ),
 }
 
@@ -402,6 +438,10 @@ def _add_common(parser: argparse.ArgumentParser, default_method: str) -> None:
     parser.add_argument("--rotate", action=argparse.BooleanOptionalAction, default=None,
                         help="ensemble methods: random mean-preserving rotation of the analysis anomalies "
                              "(DAPPER's rot; default: the preset's published setting)")
+    parser.add_argument("--lag", type=_integer_at_least(1), default=None,
+                        help="enks, ienks: smoother lag / window length in cycles (default: 4 for enks, 1 for ienks)")
+    parser.add_argument("--n-iter", type=_integer_at_least(1), default=None,
+                        help="ienks: the most Gauss-Newton iterations per window (default: 10)")
     parser.add_argument("--climatology-steps", type=_integer_at_least(1), default=10000,
                         help="3dvar: length of the free run for B (default: %(default)s)")
     parser.add_argument("--alpha", type=float, default=1.0, help="ukf: sigma-point spread (default: %(default)s)")

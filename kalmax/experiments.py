@@ -111,7 +111,8 @@ DIVERGENCE_NIS_RATIO = 3.0
 
 
 class TwinStats(eqx.Module):
-    """Time averages over the analysis cycles n >= burn_in (DAPPER's `.a` and `.f` stats).
+    """Time averages over the analysis cycles n >= burn_in (DAPPER's `.a` and `.f` stats;
+    `.s` for smoothers, see `smoothed_averages`).
 
     Fields are scalars (or None where the method has no spread/CRPS); `rank_histogram`
     is the summed (J + 1,) counts for ensembles. `nis_ratio` is the innovation
@@ -128,6 +129,8 @@ class TwinStats(eqx.Module):
     crps_analysis: Float[Array, ""] | None
     rank_histogram: Int[Array, " J1"] | None
     nis_ratio: Float[Array, ""] | None = None
+    rmse_smoothed: Float[Array, ""] | None = None
+    spread_smoothed: Float[Array, ""] | None = None
 
     @property
     def diverged(self):
@@ -152,6 +155,8 @@ class TwinStats(eqx.Module):
             ("analysis crps", self.crps_analysis),
             ("spread / rmse", self.spread_skill),
             ("NIS / observed", self.nis_ratio),
+            ("smoothed rmse", self.rmse_smoothed),
+            ("smoothed spread", self.spread_smoothed),
         ]
         width = max(len(name) for name, _ in rows)
         lines = [title] if title else []
@@ -197,8 +202,27 @@ def _average(series, burn_in: int):
     return None if series is None else jnp.mean(series[burn_in:], axis=0)
 
 
-def time_averages(cycles: CycleScores, burn_in: int) -> TwinStats:
-    """The `TwinStats` of per-cycle scores: averages over the cycles n >= burn_in."""
+def smoothed_averages(info, truth, lag: int | None, burn_in: int):
+    """(rmse, spread) of a smoother's finished estimates, DAPPER's rmse.s and spread.s (None, None
+    for a method without them): `info.lagged_mean[n]` (EnKS, IEnKS) estimates v_{n+1-lag} given
+    y_1..y_{n+1}, the history index n - lag; the rows with n - lag >= burn_in are averaged (the
+    last `lag` states, still in the final window, are left out)."""
+    lagged = getattr(info, "lagged_mean", None)
+    if lagged is None or lag is None or lag + burn_in >= lagged.shape[0]:
+        return None, None
+    rows = slice(lag + burn_in, lagged.shape[0])
+    estimates = lagged[rows]
+    states = truth[1 + burn_in: 1 + burn_in + estimates.shape[0]]
+    rmse = jnp.mean(jnp.sqrt(jnp.mean((estimates - states) ** 2, axis=-1)))
+    spread = getattr(info, "lagged_spread", None)
+    return rmse, None if spread is None else jnp.mean(spread[rows])
+
+
+def time_averages(cycles: CycleScores, burn_in: int, truth=None, lag: int | None = None) -> TwinStats:
+    """The `TwinStats` of per-cycle scores: averages over the cycles n >= burn_in; with the
+    `truth` (T + 1, dx) and a smoother's `lag`, also the smoothed scores."""
+    rmse_smoothed, spread_smoothed = (None, None) if truth is None else smoothed_averages(
+        cycles.info, truth, lag, burn_in)
     return TwinStats(
         rmse_analysis=_average(cycles.rmse_analysis, burn_in),
         rmse_forecast=_average(cycles.rmse_forecast, burn_in),
@@ -207,6 +231,8 @@ def time_averages(cycles: CycleScores, burn_in: int) -> TwinStats:
         crps_analysis=_average(cycles.crps_analysis, burn_in),
         rank_histogram=None if cycles.rank_counts is None else jnp.sum(cycles.rank_counts[burn_in:], axis=0),
         nis_ratio=nis_ratio(cycles.info, burn_in),
+        rmse_smoothed=rmse_smoothed,
+        spread_smoothed=spread_smoothed,
     )
 
 
@@ -336,7 +362,7 @@ def twin_experiment(
     )
     if throw:
         cycles = check_status(cycles, type(method).__name__)
-    stats = time_averages(cycles, burn_in)
+    stats = time_averages(cycles, burn_in, truth, getattr(method, "lag", None))
     return TwinResult(truth=truth, ys=ys, cycles=cycles, stats=stats, final_state=final, burn_in=burn_in)
 
 

@@ -61,6 +61,7 @@ class RunStats(eqx.Module):
     first_failure: Array  # first failing cycle, -1 if none
     nis_ratio: Float[Array, ""]  # NaN when the method's info has no `nis`
     diverged: Bool[Array, ""]
+    rmse_smoothed: Float[Array, ""]  # NaN for methods that do not smooth
 
 
 def run_one(model, make_method, burn_in: int, params: dict, seed_key, truth, ys) -> RunStats:
@@ -77,7 +78,7 @@ def run_one(model, make_method, burn_in: int, params: dict, seed_key, truth, ys)
         ) from err
     _, method_keys = twin_keys(seed_key)  # the key of an unchunked twin experiment
     _, cycles = run_scored(model, method, truth, ys, method_keys[0], keep_mean=False, distribution_scores=False)
-    stats = time_averages(cycles, burn_in)
+    stats = time_averages(cycles, burn_in, truth, getattr(method, "lag", None))
     nan = jnp.full((), jnp.nan, truth.dtype)
     bad_cycle = failed_cycles(cycles)
     return RunStats(
@@ -89,6 +90,7 @@ def run_one(model, make_method, burn_in: int, params: dict, seed_key, truth, ys)
         first_failure=jnp.where(jnp.any(bad_cycle), jnp.argmax(bad_cycle), -1).astype(jnp.int32),
         nis_ratio=nan if stats.nis_ratio is None else stats.nis_ratio,
         diverged=jnp.asarray(stats.diverged),
+        rmse_smoothed=nan if stats.rmse_smoothed is None else stats.rmse_smoothed,
     )
 
 
@@ -225,6 +227,9 @@ class SweepResult(eqx.Module):
         diverged: whether each run's innovations say it lost the truth (`TwinStats.diverged`).
         n_diverged: number of diverged seeds per setting (failed seeds are counted in
             `n_failed`, not here).
+        rmse_smoothed: time-averaged rmse of a smoother's finished estimates per setting
+            and seed (`TwinStats.rmse_smoothed`; NaN for filters).
+        rmse_smoothed_mean: its mean over the seeds that did not fail.
         n_cycles, burn_in: the run length and the cycles left out of the averages.
     """
 
@@ -244,6 +249,8 @@ class SweepResult(eqx.Module):
     nis_ratio: Float[Array, "*grid seeds"]
     diverged: Bool[Array, "*grid seeds"]
     n_diverged: Array
+    rmse_smoothed: Float[Array, "*grid seeds"]
+    rmse_smoothed_mean: Float[Array, "*grid"]
     n_cycles: int = eqx.field(static=True)
     burn_in: int = eqx.field(static=True)
 
@@ -291,13 +298,17 @@ class SweepResult(eqx.Module):
         spread = np.asarray(self.spread_analysis_mean).reshape(-1)
         failed = np.asarray(self.n_failed).reshape(-1)
         diverged = np.asarray(self.n_diverged).reshape(-1)
-        header = [*self.names, "rmse.a ± stderr", "rmse.f ± stderr", "spread.a", "failed", "diverged"]
+        smoothed = np.asarray(self.rmse_smoothed_mean).reshape(-1)
+        smoothing = bool(np.any(np.isfinite(np.asarray(self.rmse_smoothed))))
+        header = [*self.names, "rmse.a ± stderr", "rmse.f ± stderr", *(["rmse.s"] if smoothing else []), "spread.a",
+                  "failed", "diverged"]
         rows = []
         for i, setting in enumerate(self.settings()):
             rows.append([
                 *(f"{v:g}" for v in setting.values()),
                 pm(float(a_mean[i]), float(a_err[i])),
                 pm(float(f_mean[i]), float(f_err[i])),
+                *([fmt(float(smoothed[i]))] if smoothing else []),
                 fmt(float(spread[i])),
                 f"{int(failed[i])}/{self.n_seeds}",
                 f"{int(diverged[i])}/{self.n_seeds}",
@@ -488,6 +499,8 @@ def sweep(
         nis_ratio=runs.nis_ratio,
         diverged=runs.diverged,
         n_diverged=jnp.sum(runs.diverged & ~runs.failed, axis=-1).astype(jnp.int32),
+        rmse_smoothed=runs.rmse_smoothed,
+        rmse_smoothed_mean=_summarise(runs.rmse_smoothed, runs.failed)[0],
         n_cycles=n_cycles,
         burn_in=burn_in,
     )

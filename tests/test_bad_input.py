@@ -329,6 +329,9 @@ COMMAND_LINE = [
                                  "2"), "`inflation` must be >= 1"),
     ("cli-user-method-file", ("twin", "--method", "missing.py:make"), "cannot load method"),
     ("cli-letkf-lorenz63", ("twin", "--method", "letkf", "--model", "lorenz63"), "letkf needs a spatial model"),
+    ("cli-lag-not-a-smoother", ("twin", "--method", "etkf", "--lag", "2"), "--lag"),
+    ("cli-n-iter-enks", ("twin", "--method", "enks", "--n-iter", "2"), "--n-iter"),
+    ("cli-lag-zero", ("twin", "--method", "ienks", "--lag", "0"), "--lag"),
     ("cli-save-folder", ("twin", "--cycles", "10", "--burn-in", "1", "--save", "/no/such/folder/run.nc"), "--save"),
 ]
 
@@ -349,6 +352,16 @@ SMOOTHERS = [
      "`init_state`"),
     ("smooth-rts-init-state", lambda: kx.smooth(linear(), kx.RTSSmoother(), ys(), init_state=kx.Ensemble(jnp.zeros((4, 2)))),
      ValueError, "`init_state`"),
+    ("erts-filter", lambda: kx.ExtendedRTSSmoother(kx.UnscentedKalmanFilter()), TypeError, "`filter`"),
+    ("urts-filter", lambda: kx.UnscentedRTSSmoother(kx.KalmanFilter()), TypeError, "`filter`"),
+    ("erts-model", lambda: kx.smooth("model", kx.ExtendedRTSSmoother(), ys()), TypeError, "`model`"),
+    ("ienks-lag", lambda: kx.IEnKS(10, 0), ValueError, "`lag`"),
+    ("ienks-n-iter", lambda: kx.IEnKS(10, 1, n_iter=0), ValueError, "`n_iter`"),
+    ("ienks-wtol", lambda: kx.IEnKS(10, 1, wtol=-1.0), ValueError, "`wtol`"),
+    ("ienks-update", lambda: kx.IEnKS(10, 1, update="Sqrt"), TypeError, "`update`"),
+    ("ienks-model-error", lambda: kx.assimilate(
+        kx.StateSpaceModel(Flow(Lorenz96(8), RK4(0.05)), jnp.eye(8), 0.1 * jnp.eye(8), jnp.eye(8), 8.0 * jnp.ones(8),
+                           jnp.eye(8)), kx.IEnKS(10, 1), ys(5, 8), KEY), ValueError, "dynamics_cov"),
     ("esmda-coefficients-sum", lambda: kx.ESMDA(10, (2.0, 2.0, 2.0)), ValueError, "`coefficients`"),
     ("esmda-coefficients-negative", lambda: kx.ESMDA(10, (2.0, -2.0)), ValueError, "`coefficients`"),
     ("esmda-coefficients-zero", lambda: kx.ESMDA(10, 0), ValueError, "`coefficients`"),

@@ -216,3 +216,17 @@ def test_twin_figure_labels_every_axis_and_colourbar(kind):
     else:
         assert not any("v[" in ax.get_ylabel() for ax in panels)  # no 'component 2048' of a flattened grid
         assert {ax.get_xlabel() for ax in panels if "vorticity" in ax.get_title() or ax.get_title() == "error"} == {"x"}
+
+
+def test_twin_and_sweep_run_the_smoothers_and_report_the_smoothed_rmse(capsys):
+    code, out, _ = run_cli(capsys, "twin", "--model", "lorenz63", "--method", "ienks", "--lag", "2", "--n-iter", "3",
+                           "--cycles", "120", "--burn-in", "20")
+    assert code == 0 and "(IEnKS)" in out
+
+    def value(name):
+        return float(next(line for line in out.splitlines() if line.startswith(name)).split()[-1])
+
+    assert value("smoothed rmse") < value("analysis rmse") < 0.6
+    code, out, _ = run_cli(capsys, "sweep", "--model", "lorenz63", "--method", "enks", "--lag", "3", "--inflation",
+                           "1.02", "1.05", "--seeds", "2", "--cycles", "80", "--burn-in", "20")
+    assert code == 0 and "rmse.s" in out

@@ -102,3 +102,25 @@ def test_climatology_of_lorenz96():
     cov = kx.climatology_cov(model, jax.random.key(0), 4000, spin_up=500)
     assert cov.shape == (40, 40)
     np.testing.assert_allclose(np.sqrt(np.mean(np.diag(cov))), 3.6, rtol=0.1)
+
+
+@pytest.mark.parametrize("make", [lambda: kx.EnKS(8, 3, inflation=1.02), lambda: kx.IEnKS(8, 2, n_iter=2, inflation=1.02)],
+                         ids=["enks", "ienks"])
+def test_smoothers_report_smoothed_scores_equal_to_their_smoothed_means(make):
+    from kalmax.experiments import twin_keys
+    from kalmax.presets import lorenz63_sakov2012
+
+    setup = lorenz63_sakov2012(60)
+    method, key, burn_in = make(), jax.random.key(5), 10
+    result = kx.twin_experiment(setup.model, method, 60, key, burn_in=burn_in)
+    smoothed = kx.smooth(setup.model, method, result.ys, twin_keys(key)[1][0])
+    np.testing.assert_allclose(smoothed.filtered.mean, result.cycles.mean, rtol=0, atol=1e-12)
+    last = 60 - method.lag  # the states still in the final window are not scored
+    errors = np.sqrt(np.mean((np.asarray(smoothed.mean[burn_in:last]) - np.asarray(result.truth[burn_in + 1:last + 1])) ** 2,
+                             axis=1))
+    assert float(result.stats.rmse_smoothed) == pytest.approx(errors.mean(), rel=1e-12)
+    assert float(result.stats.spread_smoothed) == pytest.approx(float(np.mean(smoothed.spread[burn_in:last])), rel=1e-12)
+    assert float(result.stats.rmse_smoothed) < float(result.stats.rmse_analysis)
+    assert "smoothed rmse" in result.stats.table()
+    filtered = kx.twin_experiment(setup.model, kx.EnKF(8, kx.SquareRoot()), 60, key, burn_in=burn_in)
+    assert filtered.stats.rmse_smoothed is None and "smoothed" not in filtered.stats.table()

@@ -172,3 +172,19 @@ def test_progress_bar_draws_on_stderr(setup, capsys):
     sweep(setup.model, make_etkf, N_CYCLES, jax.random.key(3), grid={"inflation": [1.02], "rtps": [0.0, 0.1]},
           progress=True)
     assert "sweep runs" in capsys.readouterr().err
+
+
+def test_a_sweep_of_a_smoother_reports_its_smoothed_rmse(setup):
+    grid = {"inflation": [1.02, 1.05]}
+    swept = sweep(setup.model, lambda inflation: kx.EnKS(8, 2, inflation=inflation), N_CYCLES, jax.random.key(3),
+                  grid=grid, n_seeds=N_SEEDS, burn_in=BURN_IN)
+    seed_keys = jax.random.split(jax.random.key(3), N_SEEDS)
+    for i, inflation in enumerate(grid["inflation"]):
+        stats = kx.twin_experiment(setup.model, kx.EnKS(8, 2, inflation=inflation), N_CYCLES, seed_keys[1],
+                                   burn_in=BURN_IN).stats
+        np.testing.assert_allclose(swept.rmse_smoothed[i, 1], stats.rmse_smoothed, rtol=1e-10)
+    assert np.all(np.asarray(swept.rmse_smoothed) < np.asarray(swept.rmse_analysis))
+    assert "rmse.s" in swept.table()
+    plain = sweep(setup.model, lambda inflation: kx.EnKF(8, inflation=inflation), N_CYCLES, jax.random.key(3),
+                  grid=grid, burn_in=BURN_IN)
+    assert np.all(np.isnan(np.asarray(plain.rmse_smoothed))) and "rmse.s" not in plain.table()

@@ -317,7 +317,7 @@ class UnscentedKalmanFilter(AbstractFilter):
                     f"(the sigma points lie at m +/- sqrt(alpha^2 (d + kappa)) L_i); got kappa = {float(self.kappa):g}"
                 )
 
-    def _weights(self, d: int, dtype):
+    def sigma_weights(self, d: int, dtype):
         """(sqrt(d + lambda), W^m, W^c) for 2d + 1 sigma points."""
         alpha, beta, kappa = (p.astype(dtype) for p in (self.alpha, self.beta, self.kappa))
         spread = alpha**2 * (d + kappa)  # d + lambda
@@ -327,7 +327,7 @@ class UnscentedKalmanFilter(AbstractFilter):
         return jnp.sqrt(spread), mean_weights, cov_weights
 
     @staticmethod
-    def _sigma_points(mean, cov, scale):
+    def sigma_points(mean, cov, scale):
         """(2d + 1, d) sigma points [m, m + scale L_i, m - scale L_i] and the Cholesky factor L."""
         chol = jnp.linalg.cholesky(cov)
         offsets = scale * chol.T  # row i is scale * L_i
@@ -341,8 +341,8 @@ class UnscentedKalmanFilter(AbstractFilter):
         """Unscented transform of N(m, C) through Psi, then inflation and + Sigma."""
         model = _as_model(model, "UnscentedKalmanFilter.forecast")
         d, dtype = state.mean.shape[0], state.cov.dtype
-        scale, mean_weights, cov_weights = self._weights(d, dtype)
-        points, _ = self._sigma_points(state.mean, state.cov, scale)
+        scale, mean_weights, cov_weights = self.sigma_weights(d, dtype)
+        points, _ = self.sigma_points(state.mean, state.cov, scale)
         propagated = jax.vmap(model.dynamics)(points)
         mean = mean_weights @ propagated
         centred = propagated - mean
@@ -353,8 +353,8 @@ class UnscentedKalmanFilter(AbstractFilter):
         """Condition N(m^-, C^-) on y (NaN entries missing) by the unscented transform of h."""
         model = _as_model(model, "UnscentedKalmanFilter.analysis")
         d, dtype = state.mean.shape[0], state.cov.dtype
-        scale, mean_weights, cov_weights = self._weights(d, dtype)
-        points, chol_prior = self._sigma_points(state.mean, state.cov, scale)
+        scale, mean_weights, cov_weights = self.sigma_weights(d, dtype)
+        points, chol_prior = self.sigma_points(state.mean, state.cov, scale)
         observed = jax.vmap(model.observe)(points)  # (2d + 1, dy)
         predicted = mean_weights @ observed
         # Missing entries: zero their rows of the centred observation points (as

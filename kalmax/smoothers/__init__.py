@@ -1,10 +1,11 @@
 """Smoothers: the abstract smoother, the `smooth` driver, the RTS smoother and the
-ensemble smoothers (EnKS, EnRTS, the iterative IEnKS)."""
+ensemble smoothers (EnKS, EnRTS, the iterative IEnKS), the extended and unscented RTS smoothers."""
 
 from .base import AbstractSmoother, smooth
 from .ensemble import EnKS, EnRTS, EnsembleSmootherResult
 from .ienks import IEnKS, IEnKSInfo
+from .nonlinear import ExtendedRTSSmoother, UnscentedRTSSmoother
 from .rts import RTSSmoother, SmootherResult, rts_smoother
 
-__all__ = ["AbstractSmoother", "EnKS", "EnRTS", "EnsembleSmootherResult", "IEnKS", "IEnKSInfo", "RTSSmoother",
-           "SmootherResult", "rts_smoother", "smooth"]
+__all__ = ["AbstractSmoother", "EnKS", "EnRTS", "EnsembleSmootherResult", "ExtendedRTSSmoother", "IEnKS", "IEnKSInfo",
+           "RTSSmoother", "SmootherResult", "UnscentedRTSSmoother", "rts_smoother", "smooth"]

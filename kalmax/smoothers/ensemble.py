@@ -35,6 +35,8 @@ covering the run, EnRTS with c = 1).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -148,16 +150,32 @@ class LaggedInfo(eqx.Module):
     lagged_spread: Float[Array, ""]
 
 
-class FixedLagEnKF(AbstractEnsembleFilter):
-    """The forward pass of `EnKS`: an EnKF whose analysis also updates the lagged ensembles.
+class EnKS(AbstractEnsembleFilter, AbstractSmoother):
+    """Fixed-lag ensemble Kalman smoother (Evensen & van Leeuwen 2000; module docstring).
 
-    Its filtered analyses equal `EnKF(ensemble_size, update, inflation, rotate)`'s (same
-    keys); its info carries the final smoothed mean of the block leaving the window.
+    A filter and a smoother in one Module: through `kx.assimilate`, `kx.twin_experiment`
+    or `kx.sweep` its history holds the filtered analyses (equal to the EnKF's with the
+    same keys) and its info the finished smoothed mean of the state leaving the window
+    (`LaggedInfo.lagged_mean`); through `kx.smooth` it returns the smoothed means.
+
+    Attributes:
+        ensemble_size: number of members J >= 2 (static).
+        lag: L >= 1 (static): v_n is smoothed with y_{n+1}..y_{n+L} as well as the
+            past. A lag covering the run (L >= T) gives the full-window smoother.
+        enkf: the EnKF whose analysis is applied (`update`, `inflation`, `rotate` of
+            the constructor); its inflation acts on the current ensemble only, its
+            rotation on every ensemble of the window.
+
+    Example:
+        >>> smoothed = kx.smooth(model, kx.EnKS(24, lag=4, inflation=1.02), ys, jax.random.key(0))
+        >>> smoothed.mean, smoothed.filtered.mean   # smoothed and filtered means (T, dx)
     """
 
     ensemble_size: int = eqx.field(static=True)
     lag: int = eqx.field(static=True)
     enkf: EnKF
+
+    stochastic: ClassVar[bool] = True  # the initial ensemble is drawn
 
     def __init__(self, ensemble_size: int, lag: int, update=None, inflation=None, rotate: bool = False):
         self.enkf = _check_enkf_parts(ensemble_size, update, inflation, rotate)
@@ -207,53 +225,12 @@ class FixedLagEnKF(AbstractEnsembleFilter):
         )
         return LaggedEnsemble(window), lagged
 
-
-class EnKS(AbstractSmoother):
-    """Fixed-lag ensemble Kalman smoother (Evensen & van Leeuwen 2000; module docstring).
-
-    Attributes:
-        ensemble_size: number of members J >= 2 (static).
-        lag: L >= 1 (static): v_n is smoothed with y_{n+1}..y_{n+L} as well as the
-            past. A lag covering the run (L >= T) gives the full-window smoother.
-        update: the analysis update, as `kx.EnKF` (`SquareRoot()` default,
-            `PerturbedObservations()`, `DEnKF()`).
-        inflation: as `kx.EnKF` (applied to the current ensemble only).
-        rotate: as `kx.EnKF`; the same rotation is applied to every ensemble of the window.
-
-    Example:
-        >>> smoothed = kx.smooth(model, kx.EnKS(24, lag=4, inflation=1.02), ys, jax.random.key(0))
-        >>> smoothed.mean, smoothed.filtered.mean   # smoothed and filtered means (T, dx)
-    """
-
-    forward: FixedLagEnKF
-
-    stochastic = True  # the initial ensemble is drawn
-
-    def __init__(self, ensemble_size: int, lag: int, update=None, inflation=None, rotate: bool = False):
-        self.forward = FixedLagEnKF(ensemble_size, lag, update, inflation, rotate)
-
-    @property
-    def ensemble_size(self) -> int:
-        return self.forward.ensemble_size
-
-    @property
-    def lag(self) -> int:
-        return self.forward.lag
-
-    def check_model(self, model) -> None:
-        self.forward.check_model(model)
-
-    def prepare_model(self, model):
-        """As the forward filter's: a `LinearGaussianSSM` viewed as a `StateSpaceModel` before
-        tracing, so that a zero `dynamics_cov` draws no noise."""
-        return self.forward.prepare_model(model)
-
     def run(self, model, ys, key=None, init_state=None) -> EnsembleSmootherResult:
         model = member_model(model, "EnKS")
         first = _initial_ensemble(init_state, self.ensemble_size, model)
         start = None if first is None else LaggedEnsemble(
             jnp.broadcast_to(first.members, (self.lag + 1, *first.members.shape)))
-        final, filtered = assimilate(model, self.forward, ys, key, save=Save(), throw=False, init_state=start)
+        final, filtered = assimilate(model, self, ys, key, save=Save(), throw=False, init_state=start)
         # rows: v_{1-L}, ..., v_{T-L} (emitted), then v_{T-L+1}, ..., v_T (still in the window);
         # the rows before v_0 are copies of v_0's ensemble and received the same updates
         means = jnp.concatenate([filtered.info.lagged_mean, final.window[1:].mean(axis=1)], axis=0)
@@ -346,7 +323,7 @@ class EnRTS(AbstractSmoother):
     forward: EnKFKeepingForecast
     decorrelation: Float[Array, ""]
 
-    stochastic = True
+    stochastic: ClassVar[bool] = True
 
     def __init__(self, ensemble_size: int, decorrelation=1.0, update=None, inflation=None, rotate: bool = False):
         self.forward = EnKFKeepingForecast(_check_enkf_parts(ensemble_size, update, inflation, rotate))
@@ -398,5 +375,4 @@ class EnRTS(AbstractSmoother):
         )
 
 
-__all__ = ["EnKS", "EnRTS", "EnsembleSmootherResult", "FixedLagEnKF", "LaggedEnsemble", "LaggedInfo",
-           "truncated_pinv_weights"]
+__all__ = ["EnKS", "EnRTS", "EnsembleSmootherResult", "LaggedEnsemble", "LaggedInfo", "truncated_pinv_weights"]
