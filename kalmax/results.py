@@ -20,7 +20,8 @@ class RESULTS(enum.IntEnum):
     """Result codes (value, message). 0 is success everywhere.
 
     Per cycle of a filter or smoother:
-        SUCCESSFUL, NOT_POSITIVE_DEFINITE, NON_FINITE, COLLAPSED.
+        SUCCESSFUL, NOT_POSITIVE_DEFINITE, NON_FINITE, COLLAPSED, NOT_CONVERGED (an iterative
+        smoother or 4D-Var window whose iterations ended above their tolerance, when strict).
     Why an inversion run ended:
         SUCCESSFUL (the requested steps were made), DISCREPANCY, FINAL_TIME,
         MAX_STEPS, TOO_FEW_SUCCESSES, NON_FINITE.
@@ -45,6 +46,7 @@ class RESULTS(enum.IntEnum):
     FORWARD_NON_FINITE = 8, "non-finite output"
     FORWARD_REJECTED = 9, "failed the problem's `failed_if` criterion"
     FORWARD_RAISED = 10, "the forward run raised an exception"
+    NOT_CONVERGED = 11, "the iterations did not converge (the last increment stayed above wtol)"
 
 
 def message(code) -> str:

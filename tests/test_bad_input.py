@@ -362,6 +362,12 @@ SMOOTHERS = [
     ("ienks-model-error", lambda: kx.assimilate(
         kx.StateSpaceModel(Flow(Lorenz96(8), RK4(0.05)), jnp.eye(8), 0.1 * jnp.eye(8), jnp.eye(8), 8.0 * jnp.ones(8),
                            jnp.eye(8)), kx.IEnKS(10, 1), ys(5, 8), KEY), ValueError, "dynamics_cov"),
+    ("4dvar-lag", lambda: kx.FourDVar(jnp.eye(8), lag=0), ValueError, "`lag`"),
+    ("4dvar-solver", lambda: kx.FourDVar(jnp.eye(8), solver="newton"), ValueError, "`solver`"),
+    ("4dvar-background-shape", lambda: kx.assimilate(lorenz(), kx.FourDVar(jnp.eye(3)), ys(5, 8)), ValueError,
+     "`background_cov`"),
+    ("4dvar-background-zero", lambda: kx.FourDVar(kx.ZeroCovariance(8)), ValueError, "`background_cov`"),
+    ("4dvar-wtol", lambda: kx.FourDVar(jnp.eye(8), wtol=-1.0), ValueError, "`wtol`"),
     ("esmda-coefficients-sum", lambda: kx.ESMDA(10, (2.0, 2.0, 2.0)), ValueError, "`coefficients`"),
     ("esmda-coefficients-negative", lambda: kx.ESMDA(10, (2.0, -2.0)), ValueError, "`coefficients`"),
     ("esmda-coefficients-zero", lambda: kx.ESMDA(10, 0), ValueError, "`coefficients`"),

@@ -79,7 +79,9 @@ class ThreeDVarState(eqx.Module):
         )
 
 
-def _as_background(value) -> AbstractCovariance:
+def as_background(value) -> AbstractCovariance:
+    """`value` (a (d, d) array or a covariance operator) as the checked background covariance of a
+    variational method (3DVAR, 4D-Var): not zero, floating, symmetric positive semi-definite."""
     if isinstance(value, AbstractCovariance):
         if value.is_zero():
             raise ValueError(
@@ -150,7 +152,7 @@ class ThreeDVar(AbstractFilter):
     n_iterations: int = eqx.field(static=True)
 
     def __init__(self, background_cov, n_iterations: int = 10):
-        self.background_cov = _as_background(background_cov)
+        self.background_cov = as_background(background_cov)
         if isinstance(n_iterations, (bool, np.bool_)) or not isinstance(n_iterations, (int, np.integer)):
             raise TypeError(f"`n_iterations` must be a Python int; got {type(n_iterations).__name__}")
         if n_iterations < 1:

@@ -64,14 +64,15 @@ class EnsembleSmootherResult(eqx.Module):
 
     Attributes:
         mean: (T, dx) smoothed means; `mean[n]` estimates v_{n+1}.
-        spread: (T,) smoothed spreads sqrt(mean_i var_i) (ddof = 1).
+        spread: (T,) smoothed spreads sqrt(mean_i var_i) (ddof = 1); None for `FourDVar`
+            (a point estimate).
         init_mean: (dx,) smoothed mean of v_0.
         filtered: the forward filter's `History` (analysis means, info with status codes).
         log_likelihood: the forward filter's estimate of log p(y_{1:T}).
     """
 
     mean: Float[Array, "T dx"]
-    spread: Float[Array, " T"]
+    spread: Float[Array, " T"] | None
     init_mean: Float[Array, " dx"]
     filtered: History
     log_likelihood: Float[Array, ""]

@@ -57,11 +57,11 @@ from ..filters.ensemble_base import AbstractEnsembleFilter, ensemble_status, ini
 from ..gaussian import Ensemble
 from ..history import Save
 from ..linalg import mean_preserving_rotation, sym_matrix_function
-from ..models.integrators import AbstractEnsembleDynamics
 from ..results import RESULTS
 from ..ssm import n_times
 from .base import AbstractSmoother
 from .ensemble import EnsembleSmootherResult
+from .window import advance_members, slide, through_window
 
 BUNDLE_EPS = 1e-4  # DAPPER's and Bocquet & Sakov's bundle scaling
 
@@ -137,13 +137,6 @@ def _cov_power(y0, ridge, exponent: float):
         return sym_matrix_function(_power_plus, y0 @ y0.T, ridge, exponent)
     inner = sym_matrix_function(_power_plus_divided, y0.T @ y0, ridge, exponent)
     return ridge ** (-exponent) * jnp.eye(size, dtype=y0.dtype) + y0 @ inner @ y0.T
-
-
-def _advance(model, members):
-    """Every member one cycle through the (perfect) model."""
-    if isinstance(model.dynamics, AbstractEnsembleDynamics):
-        return model.dynamics.ensemble(members)
-    return jax.vmap(model.dynamics)(members)
 
 
 def _rank_pinv(matrix, rank: int):
@@ -240,18 +233,8 @@ class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
     # -- the window ------------------------------------------------------------------------
 
     def _propagate(self, model, members, cycle):
-        """The ensemble from the window's start through its cycles to the newest state;
-        the window has min(cycle + 1, L) cycles (the first ones are skipped while it grows)."""
-        n_active = jnp.minimum(cycle + 1, self.lag)
-
-        def one(step, x):
-            return jnp.where(step >= self.lag - n_active, _advance(model, x), x)
-
-        return jax.lax.fori_loop(0, self.lag, one, members)
-
-    def _shifted(self, model, start, cycle):
-        """The next window's start: v_{s+1} once the window is full, else v_0 kept."""
-        return jnp.where(cycle + 1 >= self.lag, _advance(model, start), start)
+        """The ensemble from the window's start through its cycles to the newest state."""
+        return through_window(lambda x: advance_members(model, x), members, cycle, self.lag)
 
     def _eps(self, dtype):
         return jnp.asarray(BUNDLE_EPS if self.bundle else 1.0, dtype)
@@ -398,7 +381,7 @@ class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
             status=status, nis=first.nis, n_iterations=count, increment=dw @ dw / size,
             lagged_mean=smoothed.mean(axis=0), lagged_spread=_spread(smoothed),
         )
-        next_start = self._shifted(model, smoothed, state.cycle)
+        next_start = slide(lambda x: advance_members(model, x), smoothed, state.cycle, self.lag)
         return WindowState(next_start, analysis, state.cycle + 1), info
 
     # -- the smoother contract -------------------------------------------------------------
@@ -422,7 +405,7 @@ class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
         n_rest = n_cycles - max(0, n_cycles - self.lag + 1)  # v_{s_final}..v_T after the start
 
         def forward(members, _):
-            moved = _advance(model, members)
+            moved = advance_members(model, members)
             return moved, (moved.mean(axis=0), _spread(moved))
 
         _, (rest_means, rest_spreads) = jax.lax.scan(forward, final.start, None, length=n_rest)
