@@ -196,9 +196,10 @@ def test_twin_figure_labels_every_axis_and_colourbar(kind):
     matplotlib.use("Agg")
     from kalmax.plotting import twin_figure
 
-    setup = presets.get_preset(kind, n_cycles=30)
+    setup = presets.get_preset(kind, n_cycles=30) if kind == "lorenz96" else presets.get_preset(
+        kind, n_cycles=30, grid_size=16)
     method = kx.EnKF(8, kx.SquareRoot(), inflation=1.05) if kind == "lorenz96" else kx.ThreeDVar(
-        0.1 * jnp.eye(setup.model.state_dim))
+        kx.ScalarCovariance(0.1, setup.model.state_dim))
     result = kx.twin_experiment(setup.model, method, 30, jax.random.key(0), burn_in=5)
     fig = twin_figure(result, interval=setup.interval, kind=kind, observation=setup.model.observation)
     axes = fig.get_axes()

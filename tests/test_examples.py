@@ -61,3 +61,14 @@ def test_learning_example_moves_the_forcing_towards_the_truth_both_ways(tmp_path
     assert abs(example.augmented_estimate(out) - 8.0) < abs(6.0 - 8.0) / 2
     path = example.plot(out, str(tmp_path / "learn.png"))
     assert Path(path).stat().st_size > 10_000
+
+
+def test_the_iterative_smoother_beats_the_enkf_on_lorenz63(tmp_path, capsys):
+    example = load("lorenz63_smoothers")
+    out = example.run(n_cycles=200, burn_in=50)
+    rmse = out["rmse"]
+    assert rmse["iEnKF (iEnKS, lag 1)"] < 0.8 * rmse["EnKF (ETKF)"]
+    assert out["rmse_smoothed"]["iEnKS, lag 2"] < rmse["iEnKS, lag 2"]
+    assert "filtered" in example.table(out)
+    path = example.plot(out, str(tmp_path / "smoothers.png"), window=40)
+    assert Path(path).stat().st_size > 10_000
