@@ -9,6 +9,7 @@ import pytest
 
 from kalmax.results import RESULTS
 from kalmax.inversion.eki import EKI, ETKI
+from kalmax.inversion.esmda import ESMDA
 from kalmax.inversion.invert import invert
 from kalmax.inversion.problem import InverseProblem, Prior
 from kalmax.inversion.schedulers import FixedStep
@@ -248,8 +249,8 @@ def test_tell_bad_input():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize(
     "method",
-    [EKI(8, FixedStep(0.5)), ETKI(8, FixedStep(0.5), tikhonov=True)],
-    ids=["EKI", "ETKI-tikhonov"],
+    [EKI(8, FixedStep(0.5)), ETKI(8, FixedStep(0.5), tikhonov=True), ESMDA(8, 2)],
+    ids=["EKI", "ETKI-tikhonov", "ESMDA"],
 )
 def test_jit_vmap_grad_in_both_precisions(method, dtype):
     problem, ref = linear_problem(d=3, p=5, dtype=dtype)
@@ -257,7 +258,7 @@ def test_jit_vmap_grad_in_both_precisions(method, dtype):
 
     def final(y):
         prob = InverseProblem(problem.forward, y, problem.obs_cov, problem.prior)
-        return invert(prob, method, key, 3).state.members
+        return invert(prob, method, key, method.fixed_iterations() or 3).state.members
 
     y = jnp.asarray(ref["y"], dtype)
     eager = final(y)

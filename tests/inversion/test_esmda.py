@@ -1,5 +1,5 @@
 """ES-MDA against the NumPy formula of one assimilation and the exact posterior of a linear
-Gaussian problem; its schedule, bad coefficients, and jit / vmap / grad in both precisions."""
+Gaussian problem; its schedule and bad coefficients (jit / vmap / grad: with EKI's, in test_eki.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -90,29 +90,4 @@ def test_bad_ensemble_size_step_count_and_stopping_rule():
         kx.invert(problem, kx.ESMDA(10, 4), jax.random.key(0), stop=kx.DiscrepancyPrinciple())
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
-def test_jit_vmap_grad_in_both_precisions(dtype):
-    problem, ref = linear_problem(d=3, p=5, dtype=dtype)
-    method, key = kx.ESMDA(8, 2), jax.random.key(14)
-
-    def final(y):
-        return kx.invert(kx.InverseProblem(problem.forward, y, problem.obs_cov, problem.prior), method, key
-                         ).state.members
-
-    y = jnp.asarray(ref["y"], dtype)
-    eager = final(y)
-    assert eager.dtype == dtype
-    tol = 1e-4 if dtype == np.float32 else 1e-11
-    batched = jax.jit(jax.vmap(final))(jnp.stack([y, y + 0.1]))
-    np.testing.assert_allclose(batched[0], eager, rtol=tol, atol=tol)
-    np.testing.assert_allclose(batched[1], final(y + 0.1), rtol=tol, atol=tol)
-
-    def loss(y):
-        return jnp.sum(final(y).mean(0) ** 2)
-
-    grad = jax.grad(loss)(y)
-    assert grad.dtype == dtype
-    eps = 1e-2 if dtype == np.float32 else 1e-6
-    direction = jnp.asarray(np.random.default_rng(0).normal(size=5), dtype)
-    fd = (loss(y + eps * direction) - loss(y - eps * direction)) / (2 * eps)
-    np.testing.assert_allclose(grad @ direction, fd, rtol=3e-2 if dtype == np.float32 else 1e-6)
+# jit / vmap / grad in both precisions: tests/inversion/test_eki.py::test_jit_vmap_grad_in_both_precisions[ESMDA-*]

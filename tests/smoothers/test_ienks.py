@@ -176,12 +176,12 @@ def test_the_ienkf_reaches_the_published_accuracy_on_lorenz63():
 
 def test_jit_vmap_and_grad(data):
     start = data[3][:6]  # a given initial ensemble: the draws differ between precisions
-    method = kx.IEnKS(6, 2, n_iter=3, inflation=1.02, rotate=True)
+    method = kx.IEnKS(6, 2, n_iter=2, inflation=1.02, rotate=True)
 
     def run(model, ys, key):
         return method.run(model, ys, key, kx.Ensemble(jnp.asarray(start, model.dtype))).mean
 
-    check_jit_vmap_grad(run, lorenz63_model, data[2][:10], batch_over_keys=True, fd_step=1e-5, fd_rtol=1e-3)
+    check_jit_vmap_grad(run, lorenz63_model, data[2][:6], batch_over_keys=True, fd_step=1e-5, fd_rtol=1e-3)
 
 
 def test_bad_input_is_named(data):

@@ -1,6 +1,7 @@
 """Strong-constraint 4D-Var: the closed form on linear models, a plain NumPy float64
 transcription of DAPPER's Var4D loop on Lorenz-63 (tangent-linear models by central
-differences), the three solvers agreeing, better than 3DVAR, jit / vmap / grad, bad input."""
+differences), the three solvers agreeing, jit / vmap / grad, bad input (better than 3DVAR:
+docs/methods/smoothers.md, run by tests/test_docs.py)."""
 
 import equinox as eqx
 import jax
@@ -107,27 +108,30 @@ def test_gauss_newton_equals_the_numpy_transcription_of_dappers_var4d(lag, n_ite
         assert np.all(np.asarray(history.info.n_iterations) < n_iter) and bool(np.all(history.info.converged))
 
 
-def test_the_solvers_agree_and_4dvar_beats_3dvar_on_lorenz63():
+def test_the_solvers_agree_on_lorenz63():
     from kalmax.presets import lorenz63_sakov2012
 
-    setup = lorenz63_sakov2012(300)
-    B = 0.1 * kx.climatology_cov(setup.model, jax.random.key(0), 3000, spin_up=200)
-    truth, ys = kx.simulate(setup.model, jax.random.key(1), 300)
+    setup = lorenz63_sakov2012(10)
+    B = 0.1 * kx.climatology_cov(setup.model, jax.random.key(0), 1500, spin_up=100)
+    _, ys = kx.simulate(setup.model, jax.random.key(1), 10)
     means = {}
     for solver, n_iter in (("gauss-newton", 20), ("incremental", 20), ("lbfgs", 60)):
-        _, history = kx.assimilate(setup.model, kx.FourDVar(B, lag=1, n_iter=n_iter, solver=solver), ys[:20])
+        _, history = kx.assimilate(setup.model, kx.FourDVar(B, lag=1, n_iter=n_iter, solver=solver), ys[:10])
         means[solver] = np.asarray(history.info.lagged_mean)
     # one minimum, found by all three (L-BFGS is a few 1e-6 away in the slowest windows)
     np.testing.assert_allclose(means["incremental"], means["gauss-newton"], rtol=0, atol=1e-8)
     np.testing.assert_allclose(means["lbfgs"], means["gauss-newton"], rtol=0, atol=2e-5)
-    # the incremental solver differentiates like Gauss-Newton (CG by implicit differentiation)
-    gradients = [jax.grad(lambda y, s=solver: jnp.sum(kx.FourDVar(B, lag=2, n_iter=2, solver=s).run(setup.model, y).mean))(
-        ys[:4]) for solver in ("gauss-newton", "incremental")]
-    np.testing.assert_allclose(gradients[1], gradients[0], rtol=1e-8, atol=1e-10)
-    var4d = kx.twin_experiment(setup.model, kx.FourDVar(B, lag=1), 300, jax.random.key(1), burn_in=50).stats
-    var3d = kx.twin_experiment(setup.model, kx.ThreeDVar(B), 300, jax.random.key(1), burn_in=50).stats
-    assert float(var4d.rmse_analysis) < 0.9 * float(var3d.rmse_analysis)
-    assert var4d.rmse_smoothed is not None and var4d.spread_analysis is None
+    # the incremental solver is differentiable (CG by implicit differentiation; Gauss-Newton's
+    # gradient is checked in test_jit_vmap_and_grad)
+    def loss(y):
+        return jnp.sum(kx.FourDVar(B, lag=2, n_iter=2, solver="incremental").run(setup.model, y).mean)
+
+    gradient = eqx.filter_jit(jax.grad(loss))(ys[:3])
+    direction = jax.random.normal(jax.random.key(4), ys[:3].shape, ys.dtype)
+    value = eqx.filter_jit(loss)
+    numeric = (value(ys[:3] + 1e-6 * direction) - value(ys[:3] - 1e-6 * direction)) / 2e-6
+    assert float(jnp.sum(gradient * direction)) == pytest.approx(float(numeric), rel=1e-5)
+    # better than 3DVAR with the same background: docs/methods/smoothers.md (run by tests/test_docs.py)
 
 
 def test_jit_vmap_and_grad():
