@@ -78,7 +78,8 @@ class EnsembleSmootherResult(eqx.Module):
     log_likelihood: Float[Array, ""]
 
 
-def _spread(members: Float[Array, "... J d"]) -> Float[Array, "..."]:
+def ensemble_spread(members: Float[Array, "... J d"]) -> Float[Array, "..."]:
+    """sqrt(mean_i var_i) of ensembles (members on axis -2, ddof = 1): the twin experiment's spread."""
     return jnp.sqrt(jnp.mean(jnp.var(members, axis=-2, ddof=1), axis=-1))
 
 
@@ -93,7 +94,9 @@ def _check_lag(lag) -> int:
     return int(lag)
 
 
-def _initial_ensemble(init_state, ensemble_size: int, model) -> Ensemble | None:
+def given_ensemble(init_state, ensemble_size: int, model) -> Ensemble | None:
+    """A user's initial ensemble (`init_state` of `kx.smooth`: an `Ensemble` or a (J, dx) array)
+    checked against the ensemble size and the model; None when none is given."""
     if init_state is None:
         return None
     members = init_state.members if isinstance(init_state, Ensemble) else jnp.asarray(init_state)
@@ -222,20 +225,20 @@ class EnKS(AbstractEnsembleFilter, AbstractSmoother):
             window = means + jnp.einsum("ij,bjd->bid", rotation, window - means)
         lagged = LaggedInfo(
             log_likelihood=info.log_likelihood, n_observed=info.n_observed, spread=info.spread, status=info.status,
-            nis=info.nis, lagged_mean=window[0].mean(axis=0), lagged_spread=_spread(window[0]),
+            nis=info.nis, lagged_mean=window[0].mean(axis=0), lagged_spread=ensemble_spread(window[0]),
         )
         return LaggedEnsemble(window), lagged
 
     def run(self, model, ys, key=None, init_state=None) -> EnsembleSmootherResult:
         model = member_model(model, "EnKS")
-        first = _initial_ensemble(init_state, self.ensemble_size, model)
+        first = given_ensemble(init_state, self.ensemble_size, model)
         start = None if first is None else LaggedEnsemble(
             jnp.broadcast_to(first.members, (self.lag + 1, *first.members.shape)))
         final, filtered = assimilate(model, self, ys, key, save=Save(), throw=False, init_state=start)
         # rows: v_{1-L}, ..., v_{T-L} (emitted), then v_{T-L+1}, ..., v_T (still in the window);
         # the rows before v_0 are copies of v_0's ensemble and received the same updates
         means = jnp.concatenate([filtered.info.lagged_mean, final.window[1:].mean(axis=1)], axis=0)
-        spreads = jnp.concatenate([filtered.info.lagged_spread, _spread(final.window[1:])], axis=0)
+        spreads = jnp.concatenate([filtered.info.lagged_spread, ensemble_spread(final.window[1:])], axis=0)
         return EnsembleSmootherResult(
             mean=means[self.lag:], spread=spreads[self.lag:], init_mean=means[self.lag - 1],
             filtered=filtered, log_likelihood=jnp.sum(filtered.info.log_likelihood),
@@ -351,7 +354,7 @@ class EnRTS(AbstractSmoother):
 
     def run(self, model, ys, key=None, init_state=None) -> EnsembleSmootherResult:
         model = member_model(model, "EnRTS")
-        first = _initial_ensemble(init_state, self.ensemble_size, model)
+        first = given_ensemble(init_state, self.ensemble_size, model)
         if first is None:  # the draw `assimilate` would make, kept to smooth v_0
             first = self.forward.enkf.init(model, jax.random.split(key, ys.shape[0] + 1)[0])
         start = EnsemblePair(first.members, first.members)
@@ -371,9 +374,10 @@ class EnRTS(AbstractSmoother):
         _, earlier = jax.lax.scan(backward, analyses[-1], (analyses[:-1], forecasts), reverse=True)
         smoothed = jnp.concatenate([earlier, analyses[-1:]], axis=0)  # v_0..v_T
         return EnsembleSmootherResult(
-            mean=smoothed[1:].mean(axis=1), spread=_spread(smoothed[1:]), init_mean=smoothed[0].mean(axis=0),
+            mean=smoothed[1:].mean(axis=1), spread=ensemble_spread(smoothed[1:]), init_mean=smoothed[0].mean(axis=0),
             filtered=filtered, log_likelihood=jnp.sum(filtered.info.log_likelihood),
         )
 
 
-__all__ = ["EnKS", "EnRTS", "EnsembleSmootherResult", "LaggedEnsemble", "LaggedInfo", "truncated_pinv_weights"]
+__all__ = ["EnKS", "EnRTS", "EnsembleSmootherResult", "LaggedEnsemble", "LaggedInfo", "ensemble_spread",
+           "given_ensemble", "truncated_pinv_weights"]

@@ -53,15 +53,21 @@ from ..assimilate import assimilate
 from ..ensemble.algebra import ensemble_space, whitener
 from ..ensemble.inflation import AbstractInflation, as_inflation
 from ..filters.enkf import AbstractEnsembleAnalysis, DEnKF, PerturbedObservations, SquareRoot
-from ..filters.ensemble_base import AbstractEnsembleFilter, ensemble_status, initial_members, member_model
+from ..filters.ensemble_base import (
+    AbstractEnsembleFilter,
+    ensemble_status,
+    forecast_members,
+    initial_members,
+    member_model,
+)
 from ..gaussian import Ensemble
 from ..history import Save
 from ..linalg import mean_preserving_rotation, sym_matrix_function
 from ..results import RESULTS
 from ..ssm import n_times
 from .base import AbstractSmoother
-from .ensemble import EnsembleSmootherResult
-from .window import advance_members, slide, through_window
+from .ensemble import EnsembleSmootherResult, ensemble_spread, given_ensemble
+from .window import slide, through_window
 
 BUNDLE_EPS = 1e-4  # DAPPER's and Bocquet & Sakov's bundle scaling
 
@@ -148,10 +154,6 @@ def _rank_pinv(matrix, rank: int):
     return (right.T * inverse[None, :]) @ left.T
 
 
-def _spread(members):
-    return jnp.sqrt(jnp.mean(jnp.var(members, axis=0, ddof=1)))
-
-
 def _center(members):
     mean = members.mean(axis=0)
     return members - mean, mean
@@ -234,7 +236,7 @@ class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
 
     def _propagate(self, model, members, cycle):
         """The ensemble from the window's start through its cycles to the newest state."""
-        return through_window(lambda x: advance_members(model, x), members, cycle, self.lag)
+        return through_window(lambda x: forecast_members(model, x, None), members, cycle, self.lag)
 
     def _eps(self, dtype):
         return jnp.asarray(BUNDLE_EPS if self.bundle else 1.0, dtype)
@@ -373,15 +375,15 @@ class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
             smoothed = mean + rotation @ anomalies
 
         first = ensemble_space(Ensemble(forecast_first), jax.vmap(model.observe)(forecast_first), y, model.obs_cov)
-        spread = _spread(analysis)
+        spread = ensemble_spread(analysis)
         status = ensemble_status(analysis, spread)
         status = jnp.where(jnp.all(jnp.isfinite(smoothed)), status, RESULTS.NON_FINITE).astype(jnp.int32)
         info = IEnKSInfo(
             log_likelihood=first.log_likelihood, n_observed=jnp.sum(mask).astype(jnp.int32), spread=spread,
             status=status, nis=first.nis, n_iterations=count, increment=dw @ dw / size,
-            lagged_mean=smoothed.mean(axis=0), lagged_spread=_spread(smoothed),
+            lagged_mean=smoothed.mean(axis=0), lagged_spread=ensemble_spread(smoothed),
         )
-        next_start = slide(lambda x: advance_members(model, x), smoothed, state.cycle, self.lag)
+        next_start = slide(lambda x: forecast_members(model, x, None), smoothed, state.cycle, self.lag)
         return WindowState(next_start, analysis, state.cycle + 1), info
 
     # -- the smoother contract -------------------------------------------------------------
@@ -390,13 +392,8 @@ class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
         """Filtered and smoothed means: `mean[n]` is v_{n+1} given all of y_1..y_T within the
         lag (the last L states: the final window's smoothed start propagated forward)."""
         model = member_model(model, "IEnKS")
-        start = None
-        if init_state is not None:
-            members = init_state.members if isinstance(init_state, Ensemble) else jnp.asarray(init_state)
-            if members.shape != (self.ensemble_size, model.state_dim):
-                raise ValueError(f"`init_state` must be an Ensemble of shape ({self.ensemble_size}, {model.state_dim}) "
-                                 f"(members, dx); got {tuple(members.shape)}")
-            start = WindowState(members, members, jnp.zeros((), jnp.int32))
+        first = given_ensemble(init_state, self.ensemble_size, model)
+        start = None if first is None else WindowState(first.members, first.members, jnp.zeros((), jnp.int32))
         final, filtered = assimilate(model, self, ys, key, save=Save(), throw=False, init_state=start)
         n_cycles = ys.shape[0]
         # lagged_mean[n] is v_{max(0, n + 1 - L)}: v_0..v_{T-L} from the rows n >= L - 1
@@ -405,13 +402,13 @@ class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
         n_rest = n_cycles - max(0, n_cycles - self.lag + 1)  # v_{s_final}..v_T after the start
 
         def forward(members, _):
-            moved = advance_members(model, members)
-            return moved, (moved.mean(axis=0), _spread(moved))
+            moved = forecast_members(model, members, None)
+            return moved, (moved.mean(axis=0), ensemble_spread(moved))
 
         _, (rest_means, rest_spreads) = jax.lax.scan(forward, final.start, None, length=n_rest)
         # v_0..v_{T-L} from the windows, then the final start v_{max(0, T-L+1)} and its propagation
         means = jnp.concatenate([from_windows, final.start.mean(axis=0)[None], rest_means], axis=0)
-        spreads = jnp.concatenate([spreads, _spread(final.start)[None], rest_spreads], axis=0)
+        spreads = jnp.concatenate([spreads, ensemble_spread(final.start)[None], rest_spreads], axis=0)
         return EnsembleSmootherResult(
             mean=means[1:], spread=spreads[1:], init_mean=means[0], filtered=filtered,
             log_likelihood=jnp.sum(filtered.info.log_likelihood),

@@ -213,7 +213,8 @@ class FourDVar(AbstractFilter, AbstractSmoother):
             return x, residual(x), whiten((obs_jacobian @ state_matrix).T).T, state_matrix
 
         # the first linearisation also gives the innovation statistics
-        x_first, dy_first, y_first, _ = linearised(jnp.zeros(dim, dtype))
+        first_linearisation = linearised(jnp.zeros(dim, dtype))
+        _, dy_first, y_first, _ = first_linearisation
         innovation_cov = y_first @ y_first.T + jnp.eye(y.shape[0], dtype=dtype)
         chol = jnp.linalg.cholesky(jnp.where(mask[:, None] & mask[None, :], innovation_cov, jnp.eye(y.shape[0],
                                                                                                       dtype=dtype)))
@@ -224,7 +225,7 @@ class FourDVar(AbstractFilter, AbstractSmoother):
         if self.solver == "lbfgs":
             w, analysis, count, dw = self._lbfgs(forecast, residual, dim, dtype)
         else:
-            w, analysis, count, dw = self._newton(forecast, residual, linearised, dim, dtype)
+            w, analysis, count, dw = self._newton(forecast, residual, linearised, first_linearisation, dim, dtype)
         increment = dw @ dw / dim
         converged = dw @ dw < self.wtol * dim
         smoothed = start + background.sqrt_mv(w)
@@ -238,13 +239,14 @@ class FourDVar(AbstractFilter, AbstractSmoother):
         next_start = slide(model.dynamics, smoothed, state.cycle, self.lag)
         return FourDVarState(next_start, analysis, state.cycle + 1), info
 
-    def _newton(self, forecast, residual, linearised, dim: int, dtype):
+    def _newton(self, forecast, residual, linearised, first_linearisation, dim: int, dtype):
         """Gauss-Newton outer iterations, the inner problem solved exactly or by CG."""
         identity = jnp.eye(dim, dtype=dtype)
 
-        def step(w):
+        def step(w, linearisation=None):
             if self.solver == "gauss-newton":
-                x, dy, jacobian, state_matrix = linearised(w)
+                # the first step reuses the linearisation the innovation statistics took
+                x, dy, jacobian, state_matrix = linearised(w) if linearisation is None else linearisation
                 normal = jacobian.T @ jacobian + identity
                 dw = jnp.linalg.solve(normal, jacobian.T @ dy - w)
                 return dw, x + state_matrix @ dw
@@ -266,7 +268,7 @@ class FourDVar(AbstractFilter, AbstractSmoother):
             return dw, x + state_tangent(dw)
 
         w0 = jnp.zeros(dim, dtype)
-        dw, analysis = step(w0)
+        dw, analysis = step(w0, first_linearisation)
         loop = (w0 + dw, dw, analysis, dw @ dw < self.wtol * dim, jnp.ones((), jnp.int32))
 
         def iterate(loop, _):

@@ -12,15 +12,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ..models.integrators import AbstractEnsembleDynamics
-
-
-def advance_members(model, members):
-    """Every member (rows of `members`) one cycle through the model's dynamics."""
-    if isinstance(model.dynamics, AbstractEnsembleDynamics):
-        return model.dynamics.ensemble(members)
-    return jax.vmap(model.dynamics)(members)
-
 
 def through_window(move, state, cycle, lag: int):
     """`state` (at the window's start) moved to the newest state of the window of cycle
@@ -38,4 +29,4 @@ def slide(move, start, cycle, lag: int):
     return jnp.where(cycle + 1 >= lag, move(start), start)
 
 
-__all__ = ["advance_members", "slide", "through_window"]
+__all__ = ["slide", "through_window"]
