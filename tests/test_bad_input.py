@@ -375,6 +375,14 @@ SMOOTHERS = [
     ("esmda-n-steps", lambda: kx.invert(problem(), kx.ESMDA(10, 4), KEY, 3), ValueError, "`n_steps`"),
     ("esmda-stop", lambda: kx.invert(problem(), kx.ESMDA(10, 4), KEY, stop=kx.DiscrepancyPrinciple()), ValueError,
      "`stop`"),
+    ("ienks-xn-negative", lambda: kx.IEnKS(10, 2, xN=-1.0), ValueError, "`xN`"),
+    ("ienks-xn-vector", lambda: kx.IEnKS(10, 2, xN=[1.0, 2.0]), ValueError, "`xN`"),
+    ("enrml-ensemble-size", lambda: kx.EnRML(1), ValueError, "`ensemble_size`"),
+    ("enrml-n-iter", lambda: kx.EnRML(10, n_iter=0), ValueError, "`n_iter`"),
+    ("enrml-step-size", lambda: kx.EnRML(10, step_size=1.5), ValueError, "`step_size`"),
+    ("enrml-n-steps", lambda: kx.invert(problem(), kx.EnRML(10, n_iter=4), KEY, 3), ValueError, "`n_steps`"),
+    ("enrml-no-key", lambda: kx.EnRML(10).tell(problem(), kx.EnRML(10).init(problem(), KEY),
+                                             jnp.zeros((10, problem().y.shape[0]))), ValueError, "`key`"),
 ]
 
 CASES = SIMULATE + ASSIMILATE + MODELS + FILTERS + EXPERIMENTS + INVERSION + LEARNING + SMOOTHERS

@@ -3,6 +3,7 @@
 from .base import AbstractInversion, EnsembleInversionState
 from .constraints import Bounds, bounded, positive, unbounded
 from .eki import EKI, ETKI
+from .enrml import EnRML, EnRMLState
 from .esmda import ESMDA
 from .invert import (
     DiscrepancyPrinciple,
@@ -42,6 +43,8 @@ __all__ = [
     "EKIFlowResult",
     "ETKI",
     "ESMDA",
+    "EnRML",
+    "EnRMLState",
     "EnsembleInversionState",
     "FixedStep",
     "InverseProblem",

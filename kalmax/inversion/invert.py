@@ -288,7 +288,7 @@ def check_run(problem, method, key, n_steps, stop, max_steps) -> int | None:
         if stop is not None:
             raise ValueError(f"`stop`: {name} runs a fixed number of iterations ({fixed}); it takes no stopping rule")
         if n_steps is not None and n_steps != fixed:
-            raise ValueError(f"`n_steps`: {name} runs exactly {fixed} iterations (one per coefficient); "
+            raise ValueError(f"`n_steps`: {name} runs exactly {fixed} iterations; "
                              f"give n_steps={fixed} or None; got {n_steps}")
         n_steps = fixed
     if n_steps is None and not is_adaptive(method, stop):

@@ -26,6 +26,13 @@ ES-MDA for `PerturbedObservations()`. `bundle=True` propagates eps = 1e-4 times 
 anomalies (finite-difference sensitivities, close to the iterative extended Kalman
 smoother); otherwise eps = 1 (ensemble regression, the "transform" variant).
 
+The finite-size variant (`xN`, the iEnKS-N of Bocquet & Sakov 2012, 2014) replaces the
+prior weight J - 1 of |w|^2 (in the gradient and in C_w) by the EnKF-N's
+zeta = (J - 1) c_L / (e_N + |w|^2), recomputed at every iteration from the current w
+and the hyper-prior coefficients (e_N, c_L) of `kx.EnKFN` (mode correction from the
+singular values of Y_0, confidence xN; DAPPER's `hyperprior_coeffs` and `zeta_a`): the
+primal EnKF-N, an adaptive inflation sqrt((J - 1) / zeta) of the prior.
+
 After the iterations the smoothed start ensemble x_0 + (w + T) X_0 is inflated and
 rotated (DAPPER's `post_process`), its mean is the smoothed estimate of v_s given
 y_1..y_{n+1}, and the window slides by one cycle (the start propagated to v_{s+1}) once
@@ -53,6 +60,7 @@ from ..assimilate import assimilate
 from ..ensemble.algebra import ensemble_space, whitener
 from ..ensemble.inflation import AbstractInflation, as_inflation
 from ..filters.enkf import AbstractEnsembleAnalysis, DEnKF, PerturbedObservations, SquareRoot
+from ..filters.enkf_n import hyperprior_coefficients
 from ..filters.ensemble_base import (
     AbstractEnsembleFilter,
     ensemble_status,
@@ -107,6 +115,8 @@ class IEnKSInfo(eqx.Module):
         increment: |dw|^2 / J of the last iteration (convergence when below `wtol`).
         lagged_mean: (d,) smoothed mean of the window's start v_s (given y up to y_{n+1}).
         lagged_spread: its spread.
+        prior_inflation: sqrt((J - 1) / zeta) of the last iteration, the finite-size
+            variant's adaptive inflation (1 without `xN`; DAPPER's `stats.infl`).
     """
 
     log_likelihood: Float[Array, ""]
@@ -118,6 +128,7 @@ class IEnKSInfo(eqx.Module):
     increment: Float[Array, ""]
     lagged_mean: Float[Array, " d"]
     lagged_spread: Float[Array, ""]
+    prior_inflation: Float[Array, ""]
 
 
 def _power_plus(eigvals, ridge, exponent):
@@ -172,6 +183,8 @@ class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
         mda: anneal instead (multiple data assimilation, observation error x n_iter).
         bundle: finite-difference sensitivities (eps = 1e-4) instead of the ensemble
             regression (eps = 1).
+        xN: None, or the finite-size variant's confidence in its inflation hyper-prior
+            (> 0, as `kx.EnKFN`; DAPPER's `xN`).
         inflation: applied to the smoothed start ensemble after each window (a number
             is DAPPER's multiplicative `infl`).
         rotate: a random mean-preserving rotation of it (DAPPER's `rot`).
@@ -189,13 +202,14 @@ class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
     wtol: Float[Array, ""]
     mda: bool = eqx.field(static=True)
     bundle: bool = eqx.field(static=True)
+    xN: Float[Array, ""] | None
     inflation: AbstractInflation
     rotate: bool = eqx.field(static=True)
 
     stochastic: ClassVar[bool] = True
 
     def __init__(self, ensemble_size: int, lag: int = 1, update: AbstractEnsembleAnalysis | None = None,
-                 n_iter: int = 10, wtol=0.0, mda: bool = False, bundle: bool = False, inflation=None,
+                 n_iter: int = 10, wtol=0.0, mda: bool = False, bundle: bool = False, xN=None, inflation=None,
                  rotate: bool = False):
         if isinstance(ensemble_size, bool) or int(ensemble_size) != ensemble_size or int(ensemble_size) < 2:
             raise ValueError(f"`ensemble_size` must be an integer >= 2; got {ensemble_size}")
@@ -209,6 +223,14 @@ class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
         wtol = _checks.as_float_array("wtol", wtol)
         if wtol.ndim != 0 or (_checks.is_concrete(wtol) and not float(wtol) >= 0.0):
             raise ValueError(f"`wtol` must be a number >= 0; got {wtol}")
+        if xN is not None:
+            xN = _checks.as_float_array("xN", xN)
+            if xN.ndim != 0:
+                raise ValueError(f"`xN` must be a scalar; got shape {tuple(xN.shape)}")
+            if _checks.is_concrete(xN) and not (bool(jnp.isfinite(xN)) and float(xN) > 0):
+                raise ValueError(f"`xN` must be a finite number > 0 (the hyper-prior's confidence) or None; got "
+                                 f"{float(xN)}")
+        self.xN = xN
         self.ensemble_size = int(ensemble_size)
         self.lag = lag
         self.update = update
@@ -266,7 +288,6 @@ class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
         size = self.ensemble_size
         dtype = state.start.dtype
         ridge = jnp.asarray(size - 1, dtype)
-        za = ridge * self.n_iter if self.mda else ridge
         eps = self._eps(dtype)
         identity = jnp.eye(size, dtype=dtype)
         mask = jnp.isfinite(y)
@@ -294,9 +315,11 @@ class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
             return draws * jnp.sqrt(jnp.asarray(self.n_iter, dtype)) if self.mda else draws
 
         def step(carry, index, forecast):
-            w, transform, transform_inv, noise = carry
+            w, transform, transform_inv, noise, _ = carry
             obs_anomalies, innovation = observe_whitened(forecast)
             y0 = obs_anomalies if self.mda else transform_inv @ obs_anomalies
+            za = ridge if self.xN is None else self._zeta(y0, w, ridge)
+            za = za * self.n_iter if self.mda else za
 
             def cov_power(exponent):
                 return _cov_power(y0, za, exponent)
@@ -326,7 +349,7 @@ class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
                     gradient = -0.5 * obs_anomalies @ y0.T + ridge * (identity - transform)
                     transform = transform + gradient @ cov_w
                     transform_inv = _rank_pinv(transform, size - 1)
-            return (w + dw, transform, transform_inv, noise), dw
+            return (w + dw, transform, transform_inv, noise, za), dw
 
         def forecast_of(w, transform):
             """The window's forecast of x_0 + (w + eps T) X_0 (scaled by eps in bundle mode)."""
@@ -342,7 +365,7 @@ class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
         forecast_first = state.members
         forecast_anomalies, first_mean = _center(forecast_first)
         noise0 = jnp.zeros((size, y.shape[0]), dtype)
-        carry = (jnp.zeros(size, dtype), identity, identity, noise0)
+        carry = (jnp.zeros(size, dtype), identity, identity, noise0, ridge)
         scaled_first = first_mean + eps * forecast_anomalies if self.bundle else forecast_first
         carry, dw = step(carry, 0, scaled_first)
         converged = dw @ dw < self.wtol * size
@@ -361,7 +384,8 @@ class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
 
         if self.n_iter > 1:
             loop, _ = jax.lax.scan(iterate, loop, jnp.arange(1, self.n_iter))
-        (w, transform, _, _), dw, transform_old, forecast, _, count = loop
+        (w, transform, _, _, za), dw, transform_old, forecast, _, count = loop
+        prior_inflation = jnp.sqrt(ridge * (self.n_iter if self.mda else 1) / za)
 
         # the filtered analysis: the last forecast plus the linearised final increment
         analysis = unscaled(forecast) + (dw[None, :] + transform - transform_old) @ forecast_anomalies
@@ -382,9 +406,19 @@ class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
             log_likelihood=first.log_likelihood, n_observed=jnp.sum(mask).astype(jnp.int32), spread=spread,
             status=status, nis=first.nis, n_iterations=count, increment=dw @ dw / size,
             lagged_mean=smoothed.mean(axis=0), lagged_spread=ensemble_spread(smoothed),
+            prior_inflation=prior_inflation,
         )
         next_start = slide(lambda x: forecast_members(model, x, None), smoothed, state.cycle, self.lag)
         return WindowState(next_start, analysis, state.cycle + 1), info
+
+    def _zeta(self, y0, w, ridge):
+        """The finite-size prior weight zeta = (J - 1) c_L / (e_N + |w|^2) (DAPPER's `zeta_a`)
+        with the hyper-prior coefficients from the Gram matrix of y0 (J, p)."""
+        size, n_obs = y0.shape
+        gram = y0.T @ y0 if n_obs < size else y0 @ y0.T
+        chol_unit = jnp.linalg.cholesky(gram + ridge * jnp.eye(gram.shape[0], dtype=gram.dtype))
+        e_n, c_l = hyperprior_coefficients(chol_unit, size, self.xN, 0)
+        return ridge * c_l / (e_n + w @ w)
 
     # -- the smoother contract -------------------------------------------------------------
 

@@ -18,10 +18,14 @@ def through_window(move, state, cycle, lag: int):
     `cycle` by `move` (one cycle), which has min(cycle + 1, lag) cycles."""
     n_active = jnp.minimum(cycle + 1, lag)
 
-    def one(step, x):
-        return jnp.where(step >= lag - n_active, move(x), x)
+    def growing(x):
+        return jax.lax.fori_loop(0, lag, lambda step, v: jnp.where(step >= lag - n_active, move(v), v), x)
 
-    return jax.lax.fori_loop(0, lag, one, state)
+    def full(x):
+        return jax.lax.fori_loop(0, lag, lambda _, v: move(v), x)
+
+    # the full window without the mask: its reverse mode measured 1.5-2x cheaper
+    return jax.lax.cond(cycle + 1 >= lag, full, growing, state)
 
 
 def slide(move, start, cycle, lag: int):

@@ -9,6 +9,7 @@ import pytest
 
 from kalmax.results import RESULTS
 from kalmax.inversion.eki import EKI, ETKI
+from kalmax.inversion.enrml import EnRML
 from kalmax.inversion.esmda import ESMDA
 from kalmax.inversion.invert import invert
 from kalmax.inversion.problem import InverseProblem, Prior
@@ -249,8 +250,8 @@ def test_tell_bad_input():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize(
     "method",
-    [EKI(8, FixedStep(0.5)), ETKI(8, FixedStep(0.5), tikhonov=True), ESMDA(8, 2)],
-    ids=["EKI", "ETKI-tikhonov", "ESMDA"],
+    [EKI(8, FixedStep(0.5)), ETKI(8, FixedStep(0.5), tikhonov=True), ESMDA(8, 2), EnRML(8, n_iter=2)],
+    ids=["EKI", "ETKI-tikhonov", "ESMDA", "EnRML"],
 )
 def test_jit_vmap_grad_in_both_precisions(method, dtype):
     problem, ref = linear_problem(d=3, p=5, dtype=dtype)

@@ -22,7 +22,16 @@ def center(E):
     return E - mean, mean
 
 
-def numpy_ienks(E0, ys, R, lag, n_iter, wtol, infl, update, mda, bundle):
+def hyperprior(eigvals, N, xN):
+    """DAPPER's `hyperprior_coeffs` (g = 0) from the N eigenvalues of Y0 Y0^T."""
+    N1 = N - 1
+    eN, cL = (N + 1) / N, N / N1
+    prior_weight = np.mean(1.0 / (eigvals + N1)) * N1
+    correction = np.sqrt((eN / cL) ** prior_weight)
+    return xN * eN / correction, xN * cL * correction
+
+
+def numpy_ienks(E0, ys, R, lag, n_iter, wtol, infl, update, mda, bundle, xN=None):
     """The iEnKS with shift 1 (Bocquet & Sakov 2014) as DAPPER loops it, for Lorenz-63 observed
     everywhere: returns the filtered analysis means (T, 3) and smoothed means of v_0..v_T."""
     n_cycles, (N, _) = len(ys), E0.shape
@@ -55,9 +64,14 @@ def numpy_ienks(E0, ys, R, lag, n_iter, wtol, infl, update, mda, bundle):
                 dy = (ys[ko] - xo) @ Rm12.T
                 Y = Y @ Rm12.T
                 Y0 = Y if mda else Tinv @ Y
-                za = N1 * n_iter if mda else N1
                 lam, V = np.linalg.eigh(Y0 @ Y0.T)
                 lam = np.maximum(lam, 0.0)
+                if xN is None:
+                    za = N1
+                else:  # DAPPER's zeta_a: the finite-size prior weight at the current w
+                    eN, cL = hyperprior(lam, N, xN)
+                    za = N1 * cL / (eN + w @ w)
+                za = za * n_iter if mda else za
 
                 def cov_power(expo, lam=lam, V=V, za=za):
                     return (V * (lam + za) ** -expo) @ V.T
@@ -108,6 +122,9 @@ CASES = {
     "order1": dict(lag=2, n_iter=2, wtol=0.0, update="order1", mda=False, bundle=False),
     "order1-mda": dict(lag=2, n_iter=2, wtol=0.0, update="order1", mda=True, bundle=False),
     "window-longer-than-run": dict(lag=40, n_iter=2, wtol=0.0, update="sqrt", mda=False, bundle=False),
+    "finite-size": dict(lag=2, n_iter=3, wtol=0.0, update="sqrt", mda=False, bundle=False, xN=2.0),
+    "finite-size-mda": dict(lag=2, n_iter=3, wtol=0.0, update="sqrt", mda=True, bundle=False, xN=1.0),
+    "finite-size-order1": dict(lag=1, n_iter=3, wtol=0.0, update="order1", mda=False, bundle=False, xN=1.5),
 }
 
 
@@ -117,10 +134,11 @@ def test_ienks_equals_the_numpy_transcription(data, case):
     options = CASES[case]
     update = kx.SquareRoot() if options["update"] == "sqrt" else kx.DEnKF()
     method = kx.IEnKS(N_MEMBERS, options["lag"], update, n_iter=options["n_iter"], wtol=options["wtol"],
-                      mda=options["mda"], bundle=options["bundle"], inflation=1.02)
+                      mda=options["mda"], bundle=options["bundle"], xN=options.get("xN"), inflation=1.02)
     result = kx.smooth(model, method, ys, jax.random.key(2), init_state=kx.Ensemble(jnp.asarray(E0)))
     analyses, smoothed = numpy_ienks(E0, np.asarray(ys), 2.0 * np.eye(3), options["lag"], options["n_iter"],
-                                     options["wtol"], 1.02, options["update"], options["mda"], options["bundle"])
+                                     options["wtol"], 1.02, options["update"], options["mda"], options["bundle"],
+                                     options.get("xN"))
     # rounding grows on the chaotic model: faster where the bundle divides by eps = 1e-4 or the
     # first-order form takes a pseudo-inverse
     tolerance = 1e-6 if options["bundle"] else 1e-7 if options["update"] == "order1" else 1e-8
