@@ -188,6 +188,8 @@ class TwinResult(eqx.Module):
         stats: `TwinStats` averaged over cycles n >= burn_in.
         final_state: the method's state after the last analysis.
         burn_in: number of leading cycles left out of `stats`.
+        lag: a smoother's lag (its `info.lagged_mean[n]` estimates v_{max(0, n + 1 - lag)}),
+            None for a filter.
     """
 
     truth: Float[Array, "T1 dx"]
@@ -196,6 +198,7 @@ class TwinResult(eqx.Module):
     stats: TwinStats
     final_state: object
     burn_in: int = eqx.field(static=True)
+    lag: int | None = eqx.field(static=True, default=None)
 
 
 def _average(series, burn_in: int):
@@ -362,8 +365,9 @@ def twin_experiment(
     )
     if throw:
         cycles = check_status(cycles, type(method).__name__)
-    stats = time_averages(cycles, burn_in, truth, getattr(method, "lag", None))
-    return TwinResult(truth=truth, ys=ys, cycles=cycles, stats=stats, final_state=final, burn_in=burn_in)
+    lag = getattr(method, "lag", None)
+    stats = time_averages(cycles, burn_in, truth, lag)
+    return TwinResult(truth=truth, ys=ys, cycles=cycles, stats=stats, final_state=final, burn_in=burn_in, lag=lag)
 
 
 def climatology_cov(model: StateSpaceModel, key: PRNGKeyArray, n_steps: int, spin_up: int = 0) -> Float[Array, "dx dx"]:

@@ -43,7 +43,8 @@ def twin_figure(result, *, interval: float = 1.0, title: str = "", kind: str = "
     truth, analysis mean and observations of three components (not for
     Navier-Stokes, whose components are grid points); the analysis and forecast
     rmse and the spread over time, with the end of the burn-in marked; all time
-    panels share one time axis over the whole run; the rank histogram of an
+    panels share one time axis over the whole run; for a smoother (EnKS, IEnKS, FourDVar)
+    its smoothed mean and smoothed rmse beside the filtered ones; the rank histogram of an
     ensemble (frequencies against the flat line of a calibrated ensemble); for
     `kind="lorenz96"` Hovmöller diagrams of truth, analysis and error (truth and
     analysis on one colour scale), for `kind="navier-stokes"` the vorticity
@@ -66,6 +67,7 @@ def twin_figure(result, *, interval: float = 1.0, title: str = "", kind: str = "
     dx = truth.shape[1]
     gridded = kind in ("lorenz96", "navier-stokes")
     n_comp = 0 if kind == "navier-stokes" else min(3, dx)
+    smoothed = _smoothed(result)  # (times, means) of a smoother's finished estimates, or None
     ranks = result.stats.rank_histogram
     rows = n_comp + 1 + (2 if gridded else 0) + (1 if ranks is not None else 0)
     fig = plt.figure(figsize=(12, 2.8 * rows), constrained_layout=True)
@@ -78,6 +80,8 @@ def twin_figure(result, *, interval: float = 1.0, title: str = "", kind: str = "
         first = first or ax
         ax.plot(times, truth[:, comp], "k-", lw=1.2, label="truth")
         ax.plot(times, mean[:, comp], "C0-", lw=1.0, label="analysis mean")
+        if smoothed is not None:
+            ax.plot(interval * smoothed[0], smoothed[1][:, comp], "C4-", lw=1.0, label=f"smoothed mean (lag {result.lag})")
         if comp in obs_map:
             ax.plot(times, ys[:, obs_map[comp]], "C3.", ms=3, label="observations")
         ax.set_ylabel(f"v[{comp}]")
@@ -89,6 +93,10 @@ def twin_figure(result, *, interval: float = 1.0, title: str = "", kind: str = "
     ax.plot(times, np.asarray(result.cycles.rmse_forecast), "C1-", lw=0.6, alpha=0.7, label="forecast rmse")
     if result.cycles.spread_analysis is not None:
         ax.plot(times, np.asarray(result.cycles.spread_analysis), "C2--", lw=0.8, label="analysis spread")
+    if smoothed is not None:
+        states = np.asarray(result.truth)[smoothed[0]]
+        ax.plot(interval * smoothed[0], np.sqrt(np.mean((smoothed[1] - states) ** 2, axis=1)), "C4-", lw=0.8,
+                label="smoothed rmse")
     if result.burn_in > 0:
         ax.axvline(interval * result.burn_in, color="grey", ls=":", lw=1,
                    label=f"end of burn-in ({result.burn_in} cycles)")
@@ -106,6 +114,16 @@ def twin_figure(result, *, interval: float = 1.0, title: str = "", kind: str = "
     if title:
         fig.suptitle(title)
     return fig
+
+
+def _smoothed(result):
+    """(state indices, smoothed means) of a smoother's twin run: `info.lagged_mean[n]`
+    estimates v_{n + 1 - lag} for n >= lag - 1 (the finished estimates); None for a filter."""
+    lagged = getattr(result.cycles.info, "lagged_mean", None)
+    if result.lag is None or lagged is None or lagged.shape[0] < result.lag:
+        return None
+    means = np.asarray(lagged)[result.lag - 1:]
+    return np.arange(means.shape[0]), means
 
 
 def _observed_components(observation, dx: int) -> dict[int, int]:

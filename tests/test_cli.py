@@ -230,3 +230,25 @@ def test_twin_and_sweep_run_the_smoothers_and_report_the_smoothed_rmse(capsys):
     code, out, _ = run_cli(capsys, "sweep", "--model", "lorenz63", "--method", "enks", "--lag", "3", "--inflation",
                            "1.02", "1.05", "--seeds", "2", "--cycles", "80", "--burn-in", "20")
     assert code == 0 and "rmse.s" in out
+
+
+def test_twin_figure_draws_a_smoothers_smoothed_mean_and_rmse():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from kalmax.plotting import twin_figure
+
+    setup = presets.get_preset("lorenz63", n_cycles=40)
+    result = kx.twin_experiment(setup.model, kx.IEnKS(8, lag=3, n_iter=2, inflation=1.02), 40, jax.random.key(0),
+                                burn_in=5)
+    assert result.lag == 3
+    fig = twin_figure(result, interval=setup.interval, observation=setup.model.observation)
+    panels = [ax for ax in fig.get_axes() if ax.get_label() != "<colorbar>"]
+    legends = " ".join(text.get_text() for ax in panels if ax.get_legend() for text in ax.get_legend().get_texts())
+    assert "smoothed mean (lag 3)" in legends and "smoothed rmse" in legends
+    rmse_panel = next(ax for ax in panels if ax.get_ylabel() == "rmse / spread")
+    line = next(line for line in rmse_panel.get_lines() if line.get_label() == "smoothed rmse")
+    # the finished estimates v_0..v_{T-lag}; their mean after the burn-in is the twin's rmse.s
+    values = np.asarray(line.get_ydata())
+    assert values.shape == (40 - 3 + 1,)
+    np.testing.assert_allclose(values[1 + 5:].mean(), float(result.stats.rmse_smoothed), rtol=1e-10)

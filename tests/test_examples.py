@@ -63,6 +63,19 @@ def test_learning_example_moves_the_forcing_towards_the_truth_both_ways(tmp_path
     assert Path(path).stat().st_size > 10_000
 
 
+def test_a_longer_4dvar_window_does_better_on_lorenz96(tmp_path):
+    example = load("lorenz96_4dvar")
+    out = example.run(n_cycles=120, burn_in=40)
+    rmse, smoothed = out["rmse"], out["rmse_smoothed"]
+    lag1, lag4 = rmse["4D-Var, lag 1 (B = 0.2 clim.)"], rmse["4D-Var, lag 4 (B = 0.02 clim.)"]
+    assert lag4 < lag1 < rmse["3DVAR (B = 0.05 clim.)"]
+    assert smoothed["4D-Var, lag 4 (B = 0.02 clim.)"] < lag4
+    assert rmse["iEnKS, N = 20, lag 4, xN = 2"] < lag4
+    assert "smoothed" in example.table(out)
+    path = example.plot(out, str(tmp_path / "l96.png"))
+    assert Path(path).stat().st_size > 10_000
+
+
 def test_the_iterative_smoother_beats_the_enkf_on_lorenz63(tmp_path, capsys):
     example = load("lorenz63_smoothers")
     out = example.run(n_cycles=200, burn_in=50)
