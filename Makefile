@@ -21,7 +21,7 @@ $(VENV)/.bench-deps: pyproject.toml constraints.txt $(VENV)/.test-deps
 # Tests run in one process per core (pytest-xdist): JAX compiles single-threaded.
 test: $(VENV)/.test-deps
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q -n auto
+	$(BIN)/python -m pytest -q -n auto --dist worksteal
 
 demo: $(VENV)/.test-deps
 	$(BIN)/kalmax twin --model lorenz96 --method etkf --cycles 2000 --seed 0 --plot kalmax_demo.png

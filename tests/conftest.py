@@ -62,3 +62,18 @@ def pytest_sessionfinish(session, exitstatus):
     """Remove the compilation cache folder this process made (the controller's, shared by the workers)."""
     if _OWN_CACHE is not None:
         shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+
+
+# Modules with the longest tests (subprocesses, whole documentation pages and examples),
+# measured with --durations: collected first, so that the xdist workers start on them and
+# the short tests fill in at the end instead of one worker finishing a long test alone.
+LONG_FIRST = ("test_golden.py", "test_sharding.py", "test_docs.py", "test_examples.py", "test_loops.py",
+              "test_resumable.py", "test_external.py", "test_var4d.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    def rank(item):
+        name = item.path.name
+        return LONG_FIRST.index(name) if name in LONG_FIRST else len(LONG_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a module is kept

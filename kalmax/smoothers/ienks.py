@@ -322,7 +322,11 @@ class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
             za = za * self.n_iter if self.mda else za
 
             def cov_power(exponent):
-                return _cov_power(y0, za, exponent)
+                if self.xN is None:
+                    return _cov_power(y0, za, exponent)
+                # zeta depends on w and Y_0: scale it out of the matrix function (whose
+                # parameters are constants to its derivative), (G + z I)^-e = z^-e (G / z + I)^-e
+                return za ** (-exponent) * _cov_power(y0 / jnp.sqrt(za), jnp.ones((), dtype), exponent)
 
             cov_w = cov_power(1.0)
             if self.mda:

@@ -192,9 +192,10 @@ def test_the_ienkf_reaches_the_published_accuracy_on_lorenz63():
     assert 0.27 < float(stats.rmse_analysis) < 0.36 and not stats.diverged
 
 
-def test_jit_vmap_and_grad(data):
+@pytest.mark.parametrize("xN", [None, 2.0], ids=["plain", "finite-size"])
+def test_jit_vmap_and_grad(data, xN):
     start = data[3][:6]  # a given initial ensemble: the draws differ between precisions
-    method = kx.IEnKS(6, 2, n_iter=2, inflation=1.02, rotate=True)
+    method = kx.IEnKS(6, 2, n_iter=2, inflation=1.02, rotate=True, xN=xN)
 
     def run(model, ys, key):
         return method.run(model, ys, key, kx.Ensemble(jnp.asarray(start, model.dtype))).mean
