@@ -4,7 +4,7 @@ Public names are re-exported here explicitly; implementations live in modules
 named after what they hold.
 """
 
-from . import datasets, experiments, inversion, learning, loops, metrics, models, problems, smoothers
+from . import continuous, datasets, experiments, inversion, learning, loops, metrics, models, problems, smoothers
 from .results import RESULTS, DivergenceError, InversionError, KalmaxError, LearningError
 from .assimilate import assimilate, log_likelihood
 from .resumable import assimilate_resumable
@@ -91,10 +91,26 @@ from .smoothers import (
 from .sweep import SweepResult, sweep
 from .labelled import to_netcdf, to_xarray
 from .ssm import LinearDynamics, LinearGaussianSSM, StateSpaceModel, TimeVarying, as_state_space_model
+from .continuous import (
+    ContinuousData,
+    ContinuousFilterResult,
+    ContinuousModel,
+    ContinuousThreeDVar,
+    EnKBF,
+    KalmanBucy,
+    simulate_continuous,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ContinuousData",
+    "ContinuousFilterResult",
+    "ContinuousModel",
+    "ContinuousThreeDVar",
+    "EnKBF",
+    "KalmanBucy",
+    "simulate_continuous",
     "AbstractEnsembleFilter",
     "AbstractFilter",
     "AbstractParallelFilter",

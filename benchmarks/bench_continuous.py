@@ -1,0 +1,179 @@
+"""Continuous time: the limits of the discrete filters, measured, and the cost of the ensemble
+Kalman-Bucy filter against the discrete ETKF (the issue titled 09).
+
+    .venv/bin/python benchmarks/bench_continuous.py            # full (a few minutes on 2 cores)
+    .venv/bin/python benchmarks/bench_continuous.py --quick    # smoke test
+
+1. Discrete Kalman filter -> Kalman-Bucy filter: a 2-d linear SDE observed continuously
+   (increments on a grid of 2^-13), the Kalman-Bucy filter on that grid as the reference,
+   and the discrete Kalman filter of the exact discretisation (`discretise`) observing the
+   aggregated increments every tau; max |mean difference| at the common times against tau,
+   the log-log slope (target 1 +- 0.1), several noise paths.
+2. EnKBF -> Kalman-Bucy filter as the ensemble grows (scalar OU, square-root and perturbed
+   forms): rms difference of the means against J, the log-log slope (the Monte-Carlo rate
+   is -1/2), averaged over seeds.
+3. Cost: the EnKBF on Lorenz-96 (d = 40, J = 20, increments every 0.01, noise intensity
+   Gamma = 0.05 I, the continuous form of unit noise every 0.05) against the ETKF with
+   observations every 0.05 (R = I, the aggregated increments), both compiled, CPU seconds
+   per unit of model time and the rmse after a burn-in (target: the EnKBF at most 5x the
+   ETKF's cost at equal accuracy).
+
+Results: benchmarks/results/continuous{,-quick}.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+import kalmax as kx  # noqa: E402
+from kalmax.continuous import aggregate_increments, discretise  # noqa: E402
+from kalmax.models import RK4, Flow, Lorenz96  # noqa: E402
+
+
+def linear_model():
+    drift = jnp.asarray([[-0.5, 1.0], [-1.0, -0.5]])
+    return kx.ContinuousModel(drift, 0.3 * jnp.eye(2), jnp.asarray([[1.0, 0.0]]), 0.1 * jnp.eye(1),
+                              jnp.asarray([1.0, 0.0]), 0.5 * jnp.eye(2))
+
+
+def kalman_limit(args) -> dict:
+    model, fine = linear_model(), 2.0**-13
+    factors = [32, 64, 128, 256, 512]
+    rows = {f: [] for f in factors}
+    for seed in range(args.seeds):
+        data = kx.simulate_continuous(model, jax.random.key(seed), int(1.0 / fine), fine)
+        reference = kx.KalmanBucy().run(model, data.increments, fine)
+        for factor in factors:
+            ys = aggregate_increments(data.increments, factor, fine)
+            _, history = kx.assimilate(discretise(model, factor * fine), kx.KalmanFilter(), ys)
+            at = np.arange(1, ys.shape[0] + 1) * factor
+            rows[factor].append(float(np.max(np.abs(np.asarray(history.mean) - np.asarray(reference.mean)[at]))))
+    taus = [f * fine for f in factors]
+    errors = [float(np.mean(rows[f])) for f in factors]
+    slope = float(np.polyfit(np.log(taus), np.log(errors), 1)[0])
+    return dict(fine=fine, taus=taus, errors=errors, per_seed={str(f): rows[f] for f in factors}, slope=slope)
+
+
+def ensemble_limit(args) -> dict:
+    eye = jnp.eye(1)
+    model = kx.ContinuousModel(-eye, 0.5 * eye, eye, 0.2 * eye, jnp.zeros(1), eye)
+    dt = 2e-3
+    data = kx.simulate_continuous(model, jax.random.key(100), 1000, dt)
+    exact = kx.KalmanBucy().run(model, data.increments, dt)
+    sizes = [10, 40, 160, 640, 2560]
+    out = {}
+    for form in ("square-root", "perturbed"):
+        errors = []
+        for size in sizes:
+            means = jax.vmap(lambda key, size=size: kx.EnKBF(size, form).run(model, data.increments, dt, key).mean)(
+                jax.random.split(jax.random.key(size), args.seeds))
+            errors.append(float(jnp.mean(jnp.sqrt(jnp.mean((means - exact.mean) ** 2, axis=(1, 2))))))
+        out[form] = dict(sizes=sizes, errors=errors, slope=float(np.polyfit(np.log(sizes), np.log(errors), 1)[0]))
+    return out
+
+
+def cost(args) -> dict:
+    dim, size, dt, every = 40, 20, 0.01, 5
+    lorenz = Lorenz96(dim)
+    gamma = dt * every  # unit noise on observations every 0.05 is intensity 0.05 per unit time
+    start = 8.0 * jnp.ones(dim) + 0.01 * jnp.arange(dim)
+    model = kx.ContinuousModel(lorenz, None, jnp.eye(dim), gamma * jnp.eye(dim), start, 0.1 * jnp.eye(dim))
+    n_steps = int(args.horizon / dt)
+    data = kx.simulate_continuous(model, jax.random.key(200), n_steps, dt, substeps=4)
+    burn = int(args.burn_in / dt)
+    enkbf = kx.EnKBF(size, inflation_rate=args.inflation_rate)
+    run_continuous = jax.jit(lambda inc, key: enkbf.run(model, inc, dt, key).mean)
+    discrete = kx.StateSpaceModel(Flow(lorenz, RK4(dt, every)), jnp.eye(dim), jnp.zeros((dim, dim)), jnp.eye(dim),
+                                  start, 0.1 * jnp.eye(dim))
+    ys = aggregate_increments(data.increments, every, dt)
+    etkf = kx.EnKF(size, kx.SquareRoot(), inflation=1.02)
+    run_discrete = jax.jit(lambda ys, key: kx.assimilate(discrete, etkf, ys, key)[1].mean)
+    timing_c, means_c = common.timed(lambda: run_continuous(data.increments, jax.random.key(1)), args.repeats, True)
+    timing_d, means_d = common.timed(lambda: run_discrete(ys, jax.random.key(1)), args.repeats, True)
+    truth = np.asarray(data.truth)
+    rmse_c = float(np.mean(np.sqrt(np.mean((np.asarray(means_c) - truth) ** 2, axis=1))[burn:]))
+    at = np.arange(1, ys.shape[0] + 1) * every
+    rmse_d = float(np.mean(np.sqrt(np.mean((np.asarray(means_d) - truth[at]) ** 2, axis=1))[burn // every:]))
+    per_time_c = timing_c["median_cpu_s"] / args.horizon
+    per_time_d = timing_d["median_cpu_s"] / args.horizon
+    return dict(dim=dim, size=size, dt=dt, obs_every=dt * every, horizon=args.horizon, burn_in=args.burn_in,
+                inflation_rate=args.inflation_rate, enkbf=dict(timing=timing_c, rmse=rmse_c, cpu_per_time=per_time_c),
+                etkf=dict(timing=timing_d, rmse=rmse_d, cpu_per_time=per_time_d), ratio=per_time_c / per_time_d)
+
+
+def report(results: dict, machine: dict, quick: bool) -> str:
+    fmt = common.fmt_time
+    lines = ["# Continuous time: limits and cost", "", common.machine_markdown(machine), ""]
+    k = results["kalman_limit"]
+    lines += ["## 1. Discrete Kalman filter -> Kalman-Bucy filter", "",
+              f"2-d linear SDE, increments on a grid of {k['fine']:.2e}, horizon 1; max |discrete mean - Kalman-Bucy "
+              f"mean| at the common times, mean over {len(next(iter(k['per_seed'].values())))} noise paths.", "",
+              common.markdown_table(["tau", "max error"], [[f"{t:.2e}", f"{e:.3e}"] for t, e in zip(k["taus"],
+                                                                                                k["errors"])]),
+              "", f"log-log slope {k['slope']:.3f} (target 1 +- 0.1: {'pass' if abs(k['slope'] - 1) <= 0.1 else 'FAIL'}).",
+              ""]
+    e = results["ensemble_limit"]
+    rows = []
+    for form, r in e.items():
+        rows += [[form, str(n), f"{err:.3e}"] for n, err in zip(r["sizes"], r["errors"])]
+    lines += ["## 2. EnKBF -> Kalman-Bucy filter as the ensemble grows", "",
+              "Scalar OU (a = -1, Sigma = 0.5, Gamma = 0.2), dt = 2e-3, 1000 steps; rms difference of the means, "
+              "averaged over seeds.", "", common.markdown_table(["form", "J", "rms difference"], rows), "",
+              "; ".join(f"{form}: slope {r['slope']:.3f}" for form, r in e.items()) + " (Monte-Carlo rate -1/2).", ""]
+    c = results["cost"]
+    lines += ["## 3. Cost: EnKBF against the ETKF on Lorenz-96", "",
+              f"d = {c['dim']}, J = {c['size']}; EnKBF (square root, inflation rate {c['inflation_rate']}) on increments "
+              f"every {c['dt']}, ETKF (inflation 1.02) on observations every {c['obs_every']} (the aggregated "
+              f"increments); {c['horizon']} time units, rmse after {c['burn_in']}.", "",
+              common.markdown_table(["filter", "CPU s per unit time", "compile incl. (first call)", "rmse"], [
+                  ["EnKBF", fmt(c["enkbf"]["cpu_per_time"]), fmt(c["enkbf"]["timing"]["first_cpu_s"]),
+                   f"{c['enkbf']['rmse']:.3f}"],
+                  ["ETKF", fmt(c["etkf"]["cpu_per_time"]), fmt(c["etkf"]["timing"]["first_cpu_s"]),
+                   f"{c['etkf']['rmse']:.3f}"]]), "",
+              f"EnKBF / ETKF cost: {c['ratio']:.2f}x (target at most 5x).", "",
+              "Generated by `benchmarks/bench_continuous.py`" + (" --quick" if quick else "") + "."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    args.seeds = 2 if args.quick else 6
+    args.repeats = 2 if args.quick else 5
+    args.horizon, args.burn_in = (10.0, 2.0) if args.quick else (50.0, 10.0)
+    args.inflation_rate = 0.5
+    machine = common.describe_machine(("jax", "jaxlib", "numpy", "equinox", "diffrax"))
+    results = {}
+    for name, job in (("kalman_limit", kalman_limit), ("ensemble_limit", ensemble_limit), ("cost", cost)):
+        started = time.perf_counter()
+        results[name] = job(args)
+        print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)
+    text = report(results, machine, args.quick)
+    stem = "continuous-quick" if args.quick else "continuous"
+    common.RESULTS.mkdir(exist_ok=True)
+    (common.RESULTS / f"{stem}.md").write_text(text)
+    (common.RESULTS / f"{stem}.json").write_text(json.dumps(dict(machine=machine, results=results), indent=1,
+                                                             default=str))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""The ensemble Kalman-Bucy filter (Bergemann & Reich 2012, "An ensemble Kalman-Bucy filter
+for continuous data assimilation", Meteorol. Z. 21; the continuous limit of the EnKF,
+Kelly, Law & Stuart 2014; Lange & Stannat 2019 for the square-root form).
+
+Each member j of an ensemble of J moves by
+
+    dv_j = f(v_j) dt + Sigma^{1/2} dB_j + K (dz - h(v_j) dt - Gamma^{1/2} dW_j)       (perturbed)
+    dv_j = f(v_j) dt + Sigma^{1/2} dB_j + K (dz - (h(v_j) + mean h) / 2 dt)            (square root)
+
+with the ensemble gain K = C^{vh} Gamma^{-1}, C^{vh} the empirical cross-covariance of
+v and h(v) (ddof = 1), independent Brownian motions B_j (model noise, when Sigma is not
+zero) and W_j (the perturbed-observation form). With `inflation_rate` r >= 0 the anomalies
+also grow, dv_j += r (v_j - mean v) dt: the continuous limit of a multiplicative
+inflation 1 + r dt per step. The log-likelihood is Girsanov's with the ensemble mean of h.
+
+diffrax solves it with the Ito-Euler scheme stepping to the increments' grid (as
+`KalmanBucy`); the Brownian motions are a `VirtualBrownianTree`.
+"""
+
+from __future__ import annotations
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from .. import _checks
+from ..covariance import as_covariance
+from .kalman_bucy import ContinuousFilterResult, DataTerm, observation_path
+from .model import ContinuousModel, check_grid
+
+FORMS = ("square-root", "perturbed")
+
+
+class EnKBF(eqx.Module):
+    """Ensemble Kalman-Bucy filter (module docstring).
+
+    Attributes:
+        ensemble_size: J >= 2 (static).
+        form: `"square-root"` (deterministic, default) or `"perturbed"` (perturbed
+            observations) (static).
+        inflation_rate: r >= 0, the anomalies' growth rate per unit time (0: none).
+
+    Example:
+        >>> result = kx.EnKBF(20).run(model, data.increments, dt, key)   # result.mean, .spread
+    """
+
+    ensemble_size: int = eqx.field(static=True)
+    form: str = eqx.field(static=True)
+    inflation_rate: Float[Array, ""]
+
+    def __init__(self, ensemble_size: int, form: str = "square-root", inflation_rate=0.0):
+        if isinstance(ensemble_size, bool) or not isinstance(ensemble_size, int) or ensemble_size < 2:
+            raise ValueError(f"`ensemble_size` must be an integer >= 2; got {ensemble_size!r}")
+        if form not in FORMS:
+            raise ValueError(f"`form` must be one of {', '.join(FORMS)}; got {form!r}")
+        inflation_rate = _checks.as_float_array("inflation_rate", inflation_rate)
+        if inflation_rate.ndim != 0 or (_checks.is_concrete(inflation_rate) and not float(inflation_rate) >= 0):
+            raise ValueError(f"`inflation_rate` must be a number >= 0; got {inflation_rate}")
+        self.ensemble_size, self.form, self.inflation_rate = ensemble_size, form, inflation_rate
+
+    def run(self, model: ContinuousModel, increments: Float[Array, "T p"], dt, key,
+            init_members: Float[Array, "J d"] | None = None) -> ContinuousFilterResult:
+        """Filter the increments dz_k (T, p) on the grid of step `dt`; `key` draws the initial
+        ensemble (unless `init_members` (J, d) is given) and the Brownian motions."""
+        if not isinstance(model, ContinuousModel):
+            raise TypeError(f"`model` must be a kx.ContinuousModel; got {type(model).__name__}")
+        dt, increments = check_grid(dt, increments, model)
+        _checks.check_key("key", key)
+        size, dim, n_obs, dtype = self.ensemble_size, model.state_dim, model.obs_dim, model.dtype
+        key_init, key_noise = jax.random.split(key)
+        if init_members is None:
+            init_cov = as_covariance("init_cov", model.init_cov, dim, dtype)
+            noise = jax.random.normal(key_init, (dim, size), dtype)
+            members = model.init_mean + init_cov.sqrt_mv(noise).T
+        else:
+            members = jnp.asarray(init_members)
+            if members.shape != (size, dim):
+                raise ValueError(f"`init_members` must have shape ({size}, {dim}); got {tuple(members.shape)}")
+        times, path = observation_path(increments, dt)
+        obs_cov, rate = model.obs_cov, self.inflation_rate.astype(dtype)
+        perturbed = self.form == "perturbed"
+        noisy_model = not model.diffusion_cov.is_zero()
+
+        def statistics(members):
+            observed = jax.vmap(model.observe)(members)
+            mean, observed_mean = members.mean(axis=0), observed.mean(axis=0)
+            cross = (members - mean).T @ (observed - observed_mean) / (size - 1)  # (d, p)
+            gain = obs_cov.solve(cross.T).T  # C^{vh} Gamma^{-1}
+            return mean, observed, observed_mean, gain
+
+        def drift(t, y, args):
+            members, _ = y
+            mean, observed, observed_mean, gain = statistics(members)
+            innovation = observed if perturbed else 0.5 * (observed + observed_mean)
+            moved = model.ensemble_drift(members) - innovation @ gain.T + rate * (members - mean)
+            return moved, -0.5 * observed_mean @ obs_cov.solve(observed_mean)
+
+        def gains(t, y, args):
+            members, _ = y
+            _, _, observed_mean, gain = statistics(members)
+            return gain, obs_cov.solve(observed_mean)
+
+        def product(gain, dz):
+            state_gain, weights = gain
+            return jnp.broadcast_to(state_gain @ dz, (size, dim)), weights @ dz
+
+        terms = [diffrax.ODETerm(drift), DataTerm(path, gains, product)]
+        if perturbed or noisy_model:
+            sqrt_diffusion = model.diffusion_cov.sqrt_mv(jnp.eye(dim, dtype=dtype))
+            sqrt_obs = obs_cov.sqrt_mv(jnp.eye(n_obs, dtype=dtype))
+            shape = (jax.ShapeDtypeStruct((size, dim), dtype), jax.ShapeDtypeStruct((size, n_obs), dtype))
+            brownian = diffrax.VirtualBrownianTree(times[0], times[-1], tol=dt / 2, shape=shape, key=key_noise)
+
+            def noise_field(t, y, args):
+                members, _ = y
+                return statistics(members)[3]
+
+            def noise_product(gain, increments):
+                model_noise, obs_noise = increments
+                moved = model_noise @ sqrt_diffusion.T if noisy_model else jnp.zeros((size, dim), dtype)
+                if perturbed:
+                    moved = moved - obs_noise @ sqrt_obs.T @ gain.T
+                return moved, jnp.zeros((), dtype)
+
+            terms.append(DataTerm(brownian, noise_field, noise_product))
+        solution = diffrax.diffeqsolve(
+            diffrax.MultiTerm(*terms), diffrax.Euler(), times[0], times[-1], None, (members, jnp.zeros((), dtype)),
+            saveat=diffrax.SaveAt(ts=times), stepsize_controller=diffrax.StepTo(ts=times),
+            max_steps=times.shape[0] - 1,
+        )
+        ensembles, log_likelihoods = solution.ys
+        spread = jnp.sqrt(jnp.mean(jnp.var(ensembles, axis=1, ddof=1), axis=-1))
+        return ContinuousFilterResult(times=times, mean=ensembles.mean(axis=1), cov=None, spread=spread,
+                                      log_likelihood=log_likelihoods[-1])
+
+
+__all__ = ["EnKBF", "FORMS"]
