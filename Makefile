@@ -41,6 +41,7 @@ gallery: $(VENV)/.test-deps
 	OPENBLAS_NUM_THREADS=1 $(BIN)/python examples/navier_stokes_letkf.py --out docs/gallery/ns_letkf.png
 	OPENBLAS_NUM_THREADS=1 $(BIN)/python examples/lorenz63_smoothers.py --out docs/gallery/lorenz63_smoothers.png
 	OPENBLAS_NUM_THREADS=1 $(BIN)/python examples/lorenz96_4dvar.py --out docs/gallery/lorenz96_4dvar.png
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python examples/butterfly_3dvar.py --out docs/gallery/butterfly_3dvar.png
 	OPENBLAS_NUM_THREADS=1 $(BIN)/python examples/tracking_kalman.py --out docs/gallery/tracking.png
 	OPENBLAS_NUM_THREADS=1 $(BIN)/python examples/nile_mle.py --out docs/gallery/nile.png
 	OPENBLAS_NUM_THREADS=1 $(BIN)/python examples/darcy_inversion.py --out docs/gallery/darcy.png

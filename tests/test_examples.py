@@ -76,6 +76,18 @@ def test_a_longer_4dvar_window_does_better_on_lorenz96(tmp_path):
     assert Path(path).stat().st_size > 10_000
 
 
+def test_3dvar_overcomes_the_butterfly_effect(tmp_path):
+    example = load("butterfly_3dvar")
+    out = example.run(horizon=12.0, dt=0.004)
+    late = out["times"] >= 6.0
+    error = {name: values[late].mean() for name, values in out["errors"].items()}
+    free, var3d, weak, enkbf = (error[name] for name in out["errors"])
+    assert free > 3.0 and weak > 3.0  # the free forecast and the under-weighted 3DVAR are lost
+    assert var3d < 1.5 and enkbf < var3d  # 3DVAR tracks at the noise's level, the EnKBF closer still
+    assert "rmse" in example.table(out)
+    assert Path(example.plot(out, str(tmp_path / "butterfly.png"))).stat().st_size > 10_000
+
+
 def test_the_iterative_smoother_beats_the_enkf_on_lorenz63(tmp_path, capsys):
     example = load("lorenz63_smoothers")
     out = example.run(n_cycles=200, burn_in=50)

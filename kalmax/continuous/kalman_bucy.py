@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import diffrax
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
@@ -50,19 +49,22 @@ class ContinuousFilterResult(eqx.Module):
     log_likelihood: Float[Array, ""]
 
 
-class DataTerm(diffrax.AbstractTerm):
-    """The data-driven part G(y) dz of a filter's equation: the control over a step is the
-    increment of the observation path, the product is the filter's own (`product`)."""
+class FilterTerm(diffrax.AbstractTerm):
+    """A filter's whole right-hand side as one diffrax term, F(y) dt + G(y) dz (+ a noise
+    part): the control over a step is (dt, the increments of `paths`) -- the observation
+    path, and a Brownian motion for stochastic filters -- and `field` evaluates everything
+    the step needs once (the ensemble statistics, the gain), `product` combines it with the
+    control."""
 
-    path: diffrax.AbstractPath  # the observation path, or a Brownian motion
-    field: object  # (t, y, args) -> the filter's gain pytree
-    product: object  # (gain, dz) -> the increment of y
+    paths: tuple  # diffrax.AbstractPath: the observation path first
+    field: object  # (t, y, args) -> what `product` needs
+    product: object  # (field value, (dt, increments)) -> the increment of y
 
     def vf(self, t, y, args):
         return self.field(t, y, args)
 
     def contr(self, t0, t1, **kwargs):
-        return self.path.evaluate(t0, t1)
+        return t1 - t0, tuple(path.evaluate(t0, t1) for path in self.paths)
 
     def prod(self, vf, control):
         return self.product(vf, control)
@@ -76,12 +78,11 @@ def observation_path(increments, dt) -> tuple[Float[Array, " T1"], diffrax.Linea
     return times, diffrax.LinearInterpolation(times, cumulative)
 
 
-def solve_on_grid(drift, data_term, start, times):
+def solve_on_grid(term: FilterTerm, start, times):
     """Ito-Euler from `start` stepping exactly to `times`, saving every grid point."""
     return diffrax.diffeqsolve(
-        diffrax.MultiTerm(diffrax.ODETerm(drift), data_term), diffrax.Euler(), times[0], times[-1], None, start,
-        saveat=diffrax.SaveAt(ts=times), stepsize_controller=diffrax.StepTo(ts=times),
-        max_steps=times.shape[0] - 1,
+        term, diffrax.Euler(), times[0], times[-1], None, start, saveat=diffrax.SaveAt(ts=times),
+        stepsize_controller=diffrax.StepTo(ts=times), max_steps=times.shape[0] - 1,
     ).ys
 
 
@@ -109,31 +110,25 @@ class KalmanBucy(eqx.Module):
                                                                                                     model.dtype)
         obs_cov = model.obs_cov
 
-        def linearised(mean):
-            return model.drift_jacobian(mean), model.obs_jacobian(mean)
-
-        def drift(t, y, args):
+        def field(t, y, args):
             mean, cov, _ = y
-            drift_jac, obs_jac = linearised(mean)
+            drift_jac, obs_jac = model.drift_jacobian(mean), model.obs_jacobian(mean)
             observed = model.observe(mean)
             gain = obs_cov.solve(obs_jac @ cov).T  # C H^T Gamma^{-1}
             riccati = drift_jac @ cov + cov @ drift_jac.T + diffusion - gain @ obs_jac @ cov
-            riccati = 0.5 * (riccati + riccati.T)
-            return model.drift_of(mean) - gain @ observed, riccati, -0.5 * observed @ obs_cov.solve(observed)
+            weights = obs_cov.solve(observed)  # Gamma^{-1} h(m)
+            return model.drift_of(mean), observed, gain, 0.5 * (riccati + riccati.T), weights
 
-        def gains(t, y, args):
-            mean, cov, _ = y
-            _, obs_jac = linearised(mean)
-            return obs_cov.solve(obs_jac @ cov).T, obs_cov.solve(model.observe(mean))
-
-        def product(gain, dz):
-            state_gain, weights = gain
-            return state_gain @ dz, jnp.zeros((dim, dim), dz.dtype), weights @ dz
+        def product(values, control):
+            drift, observed, gain, riccati, weights = values
+            dt, (dz,) = control
+            return (drift * dt + gain @ (dz - observed * dt), riccati * dt,
+                    weights @ dz - 0.5 * (weights @ observed) * dt)
 
         start = (model.init_mean, model.init_cov, jnp.zeros((), model.dtype))
-        means, covs, log_likelihoods = solve_on_grid(drift, DataTerm(path, gains, product), start, times)
+        means, covs, log_likelihoods = solve_on_grid(FilterTerm((path,), field, product), start, times)
         return ContinuousFilterResult(times=times, mean=means, cov=covs, spread=None,
                                       log_likelihood=log_likelihoods[-1])
 
 
-__all__ = ["ContinuousFilterResult", "DataTerm", "KalmanBucy", "observation_path", "solve_on_grid"]
+__all__ = ["ContinuousFilterResult", "FilterTerm", "KalmanBucy", "observation_path", "solve_on_grid"]

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ..covariance import AbstractCovariance, as_covariance
-from .kalman_bucy import ContinuousFilterResult, DataTerm, observation_path, solve_on_grid
+from .kalman_bucy import ContinuousFilterResult, FilterTerm, observation_path, solve_on_grid
 from .model import ContinuousModel, check_grid
 
 
@@ -63,20 +63,17 @@ class ContinuousThreeDVar(eqx.Module):
         def gain_of(mean):  # C H^T Gamma^{-1}, (d, p)
             return background.mv(obs_cov.solve(model.obs_jacobian(mean)).T)
 
-        def drift(t, y, args):
+        def field(t, y, args):
             mean, _ = y
             observed = model.observe(mean)
-            return model.drift_of(mean) - gain_of(mean) @ observed, -0.5 * observed @ obs_cov.solve(observed)
+            return model.drift_of(mean), observed, gain_of(mean), obs_cov.solve(observed)
 
-        def gains(t, y, args):
-            mean, _ = y
-            return gain_of(mean), obs_cov.solve(model.observe(mean))
+        def product(values, control):
+            drift, observed, gain, weights = values
+            dt, (dz,) = control
+            return drift * dt + gain @ (dz - observed * dt), weights @ dz - 0.5 * (weights @ observed) * dt
 
-        def product(gain, dz):
-            state_gain, weights = gain
-            return state_gain @ dz, weights @ dz
-
-        means, log_likelihoods = solve_on_grid(drift, DataTerm(path, gains, product),
+        means, log_likelihoods = solve_on_grid(FilterTerm((path,), field, product),
                                                (start, jnp.zeros((), model.dtype)), times)
         return ContinuousFilterResult(times=times, mean=means, cov=None, spread=None,
                                       log_likelihood=log_likelihoods[-1])
