@@ -65,7 +65,7 @@ def test_learning_example_moves_the_forcing_towards_the_truth_both_ways(tmp_path
 
 def test_a_longer_4dvar_window_does_better_on_lorenz96(tmp_path):
     example = load("lorenz96_4dvar")
-    out = example.run(n_cycles=120, burn_in=40)
+    out = example.run(n_cycles=90, burn_in=30)
     rmse, smoothed = out["rmse"], out["rmse_smoothed"]
     lag1, lag4 = rmse["4D-Var, lag 1 (B = 0.2 clim.)"], rmse["4D-Var, lag 4 (B = 0.02 clim.)"]
     assert lag4 < lag1 < rmse["3DVAR (B = 0.05 clim.)"]
