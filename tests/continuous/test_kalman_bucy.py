@@ -96,20 +96,20 @@ def test_the_discrete_kalman_filter_converges_to_it_at_first_order():
 
 
 def test_the_enkbf_approaches_the_kalman_bucy_filter_as_the_ensemble_grows():
+    """A large ensemble's mean and spread are the Kalman-Bucy filter's within Monte-Carlo
+    error (the rate in J, slope -1/2, is measured in benchmarks/bench_continuous.py)."""
     model = scalar_model()
     dt = 5e-3
     data = kx.simulate_continuous(model, jax.random.key(3), 160, dt)
     exact = kx.KalmanBucy().run(model, data.increments, dt)
     for form in ("square-root", "perturbed"):
-        errors = []
+        errors = {}
         for size in (8, 512):
-            filtered = jax.jit(lambda key, size=size: kx.EnKBF(size, form).run(model, data.increments, dt, key))
-            runs = [filtered(key) for key in jax.random.split(jax.random.key(4), 3)]
-            errors.append(np.mean([float(jnp.sqrt(jnp.mean((run.mean - exact.mean) ** 2))) for run in runs]))
-        # the Monte-Carlo rate: 64 times the members, about an eighth of the error
-        assert errors[1] < 0.3 * errors[0], (form, errors)
-        spread = np.mean([float(run.spread[-1]) ** 2 for run in runs])
-        np.testing.assert_allclose(spread, exact.cov[-1, 0, 0], rtol=0.15)
+            run = kx.EnKBF(size, form).run(model, data.increments, dt, jax.random.key(4))
+            errors[size] = float(jnp.sqrt(jnp.mean((run.mean - exact.mean) ** 2)))
+        # 64 times the members: about an eighth of the error (one seed: a loose bound)
+        assert errors[512] < 0.4 * errors[8] and errors[512] < 0.05, (form, errors)
+        np.testing.assert_allclose(float(run.spread[-1]) ** 2, exact.cov[-1, 0, 0], rtol=0.2)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64], ids=["float32", "float64"])
