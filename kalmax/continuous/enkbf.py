@@ -121,6 +121,8 @@ class EnKBF(eqx.Module):
             members = jnp.asarray(init_members)
             if members.shape != (size, dim):
                 raise ValueError(f"`init_members` must have shape ({size}, {dim}); got {tuple(members.shape)}")
+            if members.dtype != dtype:
+                raise TypeError(f"`init_members` is {members.dtype} but the model's arrays are {dtype}")
         times, path = observation_path(increments, dt)
         obs_cov, rate = model.obs_cov, self.inflation_rate.astype(dtype)
         taper = self.taper(model)
