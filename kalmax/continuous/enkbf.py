@@ -111,7 +111,7 @@ class EnKBF(eqx.Module):
             raise TypeError(f"`model` must be a kx.ContinuousModel; got {type(model).__name__}")
         dt, increments = check_grid(dt, increments, model)
         _checks.check_key("key", key)
-        size, dim, n_obs, dtype = self.ensemble_size, model.state_dim, model.obs_dim, model.dtype
+        size, dim, dtype = self.ensemble_size, model.state_dim, model.dtype
         key_init, key_noise = jax.random.split(key)
         if init_members is None:
             init_cov = as_covariance("init_cov", model.init_cov, dim, dtype)
@@ -123,9 +123,17 @@ class EnKBF(eqx.Module):
                 raise ValueError(f"`init_members` must have shape ({size}, {dim}); got {tuple(members.shape)}")
             if members.dtype != dtype:
                 raise TypeError(f"`init_members` is {members.dtype} but the model's arrays are {dtype}")
+        tol = float(dt) / 2 if _checks.is_concrete(dt) else None  # the Brownian tree's depth, static
+        return self._filter(model, increments, dt, members, key_noise, self.taper(model), tol)
+
+    @eqx.filter_jit
+    def _filter(self, model: ContinuousModel, increments, dt, members, key_noise, taper,
+                tol) -> ContinuousFilterResult:
+        """The solve, compiled once per model structure and shapes (the checks and the taper,
+        from the concrete model, are `run`'s)."""
+        size, dim, n_obs, dtype = self.ensemble_size, model.state_dim, model.obs_dim, model.dtype
         times, path = observation_path(increments, dt)
         obs_cov, rate = model.obs_cov, self.inflation_rate.astype(dtype)
-        taper = self.taper(model)
         perturbed = self.form == "perturbed"
         noisy_model = not model.diffusion_cov.is_zero()
 
@@ -142,7 +150,8 @@ class EnKBF(eqx.Module):
             sqrt_diffusion = model.diffusion_cov.sqrt_mv(jnp.eye(dim, dtype=dtype))
             sqrt_obs = obs_cov.sqrt_mv(jnp.eye(n_obs, dtype=dtype))
             shape = (jax.ShapeDtypeStruct((size, dim), dtype), jax.ShapeDtypeStruct((size, n_obs), dtype))
-            paths = (path, diffrax.VirtualBrownianTree(times[0], times[-1], tol=dt / 2, shape=shape, key=key_noise))
+            paths = (path, diffrax.VirtualBrownianTree(times[0], times[-1], tol=dt / 2 if tol is None else tol,
+                                                     shape=shape, key=key_noise))
 
         def field(t, y, args):
             members, _ = y

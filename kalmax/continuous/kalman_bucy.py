@@ -104,6 +104,11 @@ class KalmanBucy(eqx.Module):
             raise ValueError("`model` has a nonlinear drift or observation: the Kalman-Bucy filter needs matrices A "
                              "and H; use KalmanBucy(extended=True) or kx.EnKBF")
         dt, increments = check_grid(dt, increments, model)
+        return self._filter(model, increments, dt)
+
+    @eqx.filter_jit
+    def _filter(self, model: ContinuousModel, increments, dt) -> ContinuousFilterResult:
+        """The solve, compiled once per model structure and shapes (the checks are `run`'s)."""
         times, path = observation_path(increments, dt)
         dim = model.state_dim
         diffusion = model.diffusion_cov.matrix() if not model.diffusion_cov.is_zero() else jnp.zeros((dim, dim),

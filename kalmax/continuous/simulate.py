@@ -65,11 +65,20 @@ def simulate_continuous(model: ContinuousModel, key, n_steps: int, dt, substeps:
     if not isinstance(solver, (diffrax.AbstractItoSolver, diffrax.AbstractStratonovichSolver)):
         raise ValueError(f"`solver` {type(solver).__name__} is an ODE solver: the model is an SDE (give an SDE solver "
                          "such as diffrax.Heun() or diffrax.Euler())")
-    dtype, dim, n_obs = model.dtype, model.state_dim, model.obs_dim
-    dt = dt.astype(dtype)
+    # the Brownian tree's tolerance sets its depth: a Python number when dt is concrete
+    tol = float(dt) / (2 * substeps) if _checks.is_concrete(dt) else None
+    # the initial draw outside the compiled solve: a zero C_0 is recognised on its concrete values
     key_init, key_noise = jax.random.split(key)
-    init_cov = as_covariance("init_cov", model.init_cov, dim, dtype)
-    start = model.init_mean + init_cov.sqrt_mv(jax.random.normal(key_init, (dim,), dtype))
+    init_cov = as_covariance("init_cov", model.init_cov, model.state_dim, model.dtype)
+    start = model.init_mean + init_cov.sqrt_mv(jax.random.normal(key_init, (model.state_dim,), model.dtype))
+    return _simulate(model, start, key_noise, n_steps, dt.astype(model.dtype), substeps, solver, tol)
+
+
+@eqx.filter_jit
+def _simulate(model: ContinuousModel, start, key_noise, n_steps: int, dt, substeps: int, solver,
+              tol) -> ContinuousData:
+    """The solve of `simulate_continuous`, compiled once per model structure and sizes."""
+    dtype, dim, n_obs = model.dtype, model.state_dim, model.obs_dim
     times = dt * jnp.arange(n_steps + 1, dtype=dtype)
     sqrt_diffusion = model.diffusion_cov.sqrt_mv(jnp.eye(dim, dtype=dtype))
     sqrt_obs = model.obs_cov.sqrt_mv(jnp.eye(n_obs, dtype=dtype))
@@ -82,7 +91,8 @@ def simulate_continuous(model: ContinuousModel, key, n_steps: int, dt, substeps:
         return sqrt_diffusion, sqrt_obs
 
     shape = (jax.ShapeDtypeStruct((dim,), dtype), jax.ShapeDtypeStruct((n_obs,), dtype))
-    brownian = diffrax.VirtualBrownianTree(times[0], times[-1], tol=dt / (2 * substeps), shape=shape, key=key_noise)
+    brownian = diffrax.VirtualBrownianTree(times[0], times[-1], tol=dt / (2 * substeps) if tol is None else tol,
+                                          shape=shape, key=key_noise)
     terms = diffrax.MultiTerm(diffrax.ODETerm(drift), diffrax.ControlTerm(diffusion, brownian))
     try:
         solution = diffrax.diffeqsolve(

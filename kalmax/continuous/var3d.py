@@ -57,6 +57,11 @@ class ContinuousThreeDVar(eqx.Module):
         start = model.init_mean if init_mean is None else jnp.asarray(init_mean, model.dtype)
         if start.shape != (model.state_dim,):
             raise ValueError(f"`init_mean` must have shape ({model.state_dim},); got {tuple(start.shape)}")
+        return self._filter(model, increments, dt, start)
+
+    @eqx.filter_jit
+    def _filter(self, model: ContinuousModel, increments, dt, start) -> ContinuousFilterResult:
+        """The solve, compiled once per model structure and shapes (the checks are `run`'s)."""
         times, path = observation_path(increments, dt)
         obs_cov, background = model.obs_cov, self.background_cov
 
