@@ -36,60 +36,27 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Float
 
 from .. import _checks
-from .base import AbstractInversion, check_ensemble_size, initial_state
-from .constraints import Bounds
+from .base import AbstractInversion, EnsembleInversionState, check_ensemble_size, initial_state
 from .problem import InverseProblem, successes
 
 
-class EnRMLState(eqx.Module):
-    """The state of EnRML.
+class EnRMLState(EnsembleInversionState):
+    """The state of EnRML: an ensemble inversion state (members u_j = u_j^0 + A_0 w_j, the
+    algorithmic time as the sum of the step lengths beta) with what the iteration keeps.
 
     Attributes:
-        members: (J, d) unconstrained members u_j = u_j^0 + A_0 w_j.
-        bounds: the problem's `Bounds`.
-        time: the sum of the step lengths beta taken.
-        iteration: the number of updates so far.
-        misfit: |L^{-1}(y - mean G)|^2 of the outputs told last (NaN before the first tell).
-        failures: (J,) failure codes of the members told last (0: success).
-        step_size: beta of the last update (NaN before the first).
         prior_members: (J, d) the prior draws u_j^0.
         weights: (J, J) W, column j the weights w_j of member j.
         perturbations: (J, p) the whitened data perturbations Gamma^{-1/2} eta_j (drawn at
             the first `tell`).
     """
 
-    members: Float[Array, "J d"]
-    bounds: Bounds
-    time: Float[Array, ""]
-    iteration: Int[Array, ""]
-    misfit: Float[Array, ""]
-    failures: Int[Array, " J"]
-    step_size: Float[Array, ""]
     prior_members: Float[Array, "J d"]
     weights: Float[Array, "J J"]
     perturbations: Float[Array, "J p"]
-
-    @property
-    def size(self) -> int:
-        return self.members.shape[0]
-
-    @property
-    def ensemble(self) -> Float[Array, "J d"]:
-        """The members in physical space, theta_j = T(u_j)."""
-        return self.bounds.constrain(self.members)
-
-    @property
-    def mean(self) -> Float[Array, " d"]:
-        return self.members.mean(axis=0)
-
-    @property
-    def cov(self) -> Float[Array, "d d"]:
-        """Empirical (ddof = 1) covariance of the unconstrained members."""
-        anomalies = self.members - self.mean
-        return anomalies.T @ anomalies / (self.size - 1)
 
 
 class EnRML(AbstractInversion):
