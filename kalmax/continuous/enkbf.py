@@ -89,17 +89,12 @@ class EnKBF(eqx.Module):
         if localization.geometry.coordinates().shape[0] != dim:
             raise ValueError(f"`localization`: its geometry has {localization.geometry.coordinates().shape[0]} points "
                              f"but the state has {dim} components")
-        if localization.locations is not None:
-            if localization.locations.count != model.obs_dim:
-                raise ValueError(f"`localization`: {localization.locations.count} observation locations for "
-                                 f"{model.obs_dim} observations")
-            coordinates = localization.geometry.wrap(localization.locations.array)
-        elif (isinstance(model.observation, jax.Array) and _checks.is_concrete(model.observation)
-              and np.array_equal(np.asarray(model.observation), np.eye(dim))):
-            coordinates = localization.geometry.coordinates()
+        if localization.locations is None and (
+                isinstance(model.observation, jax.Array) and _checks.is_concrete(model.observation)
+                and np.array_equal(np.asarray(model.observation), np.eye(dim))):
+            coordinates = localization.geometry.coordinates()  # h = I observes the state points
         else:
-            raise ValueError("`localization` needs the observations' locations: give `locations=kx.ObservationLocations"
-                             "(...)` (only an identity observation is located at the state points by itself)")
+            coordinates = localization.obs_coordinates(model)  # its locations, checked against p
         distances = localization.geometry.distances(np.arange(dim), coordinates)
         return localization.taper(jnp.asarray(distances, model.dtype))
 

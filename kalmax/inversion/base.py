@@ -153,6 +153,26 @@ def check_ensemble_size(size) -> None:
         raise ValueError(f"`ensemble_size` must be at least 2 (an ensemble needs two members for a covariance); got {size}")
 
 
+def checked_tell_inputs(problem: InverseProblem, state, size: int, outputs, failures):
+    """The argument checks of an ensemble method's `tell`: (outputs (J, p), per-member failure
+    codes (J,): the problem's own codes where `failures` gives none)."""
+    if not isinstance(problem, InverseProblem):
+        raise TypeError(f"`problem` must be a kalmax InverseProblem; got {type(problem).__name__}")
+    if state.members.shape != (size, problem.parameter_dim):
+        raise ValueError(
+            f"`state.members` must have shape ({size}, {problem.parameter_dim}); "
+            f"got {tuple(state.members.shape)} (was the state made by this method and problem?)"
+        )
+    outputs = problem.check_outputs(outputs, size)
+    codes = problem.member_failures(outputs)
+    if failures is not None:
+        failures = jnp.asarray(failures, jnp.int32)
+        if failures.shape != (size,):
+            raise ValueError(f"`failures` must have shape ({size},); got {tuple(failures.shape)}")
+        codes = jnp.where(failures != 0, failures, codes)
+    return outputs, codes
+
+
 def initial_state(problem: InverseProblem, size: int, key, members=None) -> EnsembleInversionState:
     """Members drawn from the prior (or given, unconstrained, shape (size, d))."""
     dtype = problem.dtype

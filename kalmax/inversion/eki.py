@@ -40,6 +40,7 @@ from .base import (
     EnsembleInversionState,
     WhitenedEnsemble,
     check_ensemble_size,
+    checked_tell_inputs,
     initial_state,
     resample_failed,
 )
@@ -91,21 +92,7 @@ class AbstractEnsembleInversion(AbstractInversion):
                 f"{type(self).__name__}.tell needs a `key`: it draws the data perturbations (stochastic EKI) and "
                 "redraws failed members"
             )
-        if not isinstance(problem, InverseProblem):
-            raise TypeError(f"`problem` must be a kalmax InverseProblem; got {type(problem).__name__}")
-        if state.members.shape != (self.ensemble_size, problem.parameter_dim):
-            raise ValueError(
-                f"`state.members` must have shape ({self.ensemble_size}, {problem.parameter_dim}); "
-                f"got {tuple(state.members.shape)} (was the state made by this method and problem?)"
-            )
-        outputs = problem.check_outputs(outputs, self.ensemble_size)
-        codes = problem.member_failures(outputs)
-        if failures is not None:
-            failures = jnp.asarray(failures, jnp.int32)
-            if failures.shape != (self.ensemble_size,):
-                raise ValueError(f"`failures` must have shape ({self.ensemble_size},); got {tuple(failures.shape)}")
-            codes = jnp.where(failures != 0, failures, codes)
-        return outputs, codes
+        return checked_tell_inputs(problem, state, self.ensemble_size, outputs, failures)
 
     def finish(self, problem, state, space: WhitenedEnsemble, updated, codes, step, key) -> EnsembleInversionState:
         """Redraw failed members, keep the old ensemble if fewer than two succeeded, advance time."""

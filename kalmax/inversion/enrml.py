@@ -39,7 +39,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .. import _checks
-from .base import AbstractInversion, EnsembleInversionState, check_ensemble_size, initial_state
+from .base import AbstractInversion, EnsembleInversionState, check_ensemble_size, checked_tell_inputs, initial_state
 from .problem import InverseProblem, successes
 
 
@@ -121,19 +121,8 @@ class EnRML(AbstractInversion):
         draws the data perturbations at the first step."""
         if key is None:
             raise ValueError("EnRML.tell needs a `key`: it draws the data perturbations eta_j at the first step")
-        if not isinstance(problem, InverseProblem):
-            raise TypeError(f"`problem` must be a kalmax InverseProblem; got {type(problem).__name__}")
         size = self.ensemble_size
-        if state.members.shape != (size, problem.parameter_dim):
-            raise ValueError(f"`state.members` must have shape ({size}, {problem.parameter_dim}); got "
-                             f"{tuple(state.members.shape)} (was the state made by this method and problem?)")
-        outputs = problem.check_outputs(outputs, size)
-        codes = problem.member_failures(outputs)
-        if failures is not None:
-            failures = jnp.asarray(failures, jnp.int32)
-            if failures.shape != (size,):
-                raise ValueError(f"`failures` must have shape ({size},); got {tuple(failures.shape)}")
-            codes = jnp.where(failures != 0, failures, codes)
+        outputs, codes = checked_tell_inputs(problem, state, size, outputs, failures)
         success = successes(codes)
         dtype = state.members.dtype
         weights_mask = success.astype(dtype)
