@@ -430,6 +430,17 @@ def kalmax_reproduce(job) -> dict:
                 max_diff_smoothed=float(np.nanmax(np.abs(np.asarray(mean_s) - data["mu_s"]))))  # fmt: skip
 
 
+def _lorenz96(dt: float, steps: int):
+    """DAPPER's sakov2008 Lorenz-96 (kalmax's preset) with `steps` RK4 steps of `dt` per cycle."""
+    import kalmax as kx
+    from kalmax.models import RK4, Flow
+    from kalmax.presets import lorenz96_sakov2008
+
+    base = lorenz96_sakov2008(10).model
+    return kx.StateSpaceModel(Flow(base.dynamics.model, RK4(dt, steps)), base.observation, base.dynamics_cov,
+                              base.obs_cov, base.init_mean, base.init_cov)
+
+
 def kalmax_accuracy(job) -> dict:
     import jax
     import jax.numpy as jnp
@@ -449,10 +460,7 @@ def kalmax_accuracy(job) -> dict:
     else:
         base = lorenz96_sakov2008(10)
         interval = 0.05 * spec["dko"]
-        flow = base.model.dynamics
-        model = kx.StateSpaceModel(Flow(flow.model, RK4(0.05, spec["dko"])), base.model.observation,
-                                   base.model.dynamics_cov, base.model.obs_cov, base.model.init_mean,
-                                   base.model.init_cov)  # fmt: skip
+        model = _lorenz96(0.05, spec["dko"])
         burn_in = int(round(base.burn_in * base.interval / interval))
     if spec.get("method") == "4dvar":  # DAPPER's Var4D: B = xB times the climatology
         climatology = kx.climatology_cov(model, jax.random.key(job["seed"] + 1), 20000, spin_up=1000)
@@ -475,15 +483,10 @@ def kalmax_var4d(job) -> dict:
     import jax.numpy as jnp
 
     import kalmax as kx
-    from kalmax.models import RK4, Flow
-    from kalmax.presets import lorenz96_sakov2008
 
     spec = job["spec"]
     data = np.load(Path(job["workdir"]) / f"{job['tag']}.npz")
-    base = lorenz96_sakov2008(10)
-    model = kx.StateSpaceModel(Flow(base.model.dynamics.model, RK4(0.05, 4)), base.model.observation,
-                               base.model.dynamics_cov, base.model.obs_cov, base.model.init_mean,
-                               base.model.init_cov)  # fmt: skip
+    model = _lorenz96(0.05, 4)
     ys = jnp.asarray(data["yy"])
     method = kx.FourDVar(spec["xb"] * jnp.asarray(data["B"]), lag=spec["lag"], n_iter=spec["n_iter"])
 
@@ -508,15 +511,10 @@ def kalmax_raanes(job) -> dict:
     import jax.numpy as jnp
 
     import kalmax as kx
-    from kalmax.models import RK4, Flow
-    from kalmax.presets import lorenz96_sakov2008
 
     spec = RAANES[job["method"]]
     data = np.load(Path(job["workdir"]) / f"{job['tag']}.npz")
-    base = lorenz96_sakov2008(10)
-    model = kx.StateSpaceModel(Flow(base.model.dynamics.model, RK4(0.01, 15)), base.model.observation,
-                               base.model.dynamics_cov, base.model.obs_cov, base.model.init_mean,
-                               base.model.init_cov)  # fmt: skip
+    model = _lorenz96(0.01, 15)
     ys = jnp.asarray(data["yy"])
     if job["method"] == "enks":
         method = kx.EnKS(spec["N"], spec["lag"], inflation=spec["infl"])
