@@ -13,7 +13,11 @@ loop, as its filters run) and reported per forecast:
   DAPPER's ensemble filters call it;
 - kalmax: `Flow(Lorenz96(d), RK4(dt)).ensemble(E)` compiled, the path of the
   ensemble filters' forecast (the RK4 on the transposed members (d, N), members
-  on the fast axis: `kalmax.models.AbstractEnsembleVectorField`);
+  on the fast axis, each step on one periodic extension of the members by four
+  halos: `kalmax.models.AbstractPeriodicStencil`);
+- kalmax, per-stage field: the same RK4 calling `Lorenz96.ensemble_vector_field`
+  at each stage (each rebuilds the periodic neighbours: the forecast before the
+  halo step);
 - kalmax, vmap: `jax.vmap(flow)(E)`, the one-state field vmapped over members
   (what the forecast did before the batched layout).
 
@@ -120,6 +124,9 @@ def measure(dims, sizes, repeats: int) -> list[dict]:
 
     batched = repeated(lambda flow, members: flow.ensemble(members))
     vmapped = repeated(lambda flow, members: jax.vmap(flow)(members))
+    per_stage = repeated(
+        lambda flow, members: flow.integrator(flow.model.ensemble_vector_field, members.T).T
+    )
 
     rows = []
     for d in dims:
@@ -138,6 +145,7 @@ def measure(dims, sizes, repeats: int) -> list[dict]:
                 "dapper_beside_xla": cpu_and_wall(dapper_steps, (members,), repeats, budget),
                 "kalmax": cpu_and_wall(lambda e: batched(flow, e), (on_device,), repeats, budget),
                 "kalmax_vmap": cpu_and_wall(lambda e: vmapped(flow, e), (on_device,), repeats, budget),
+                "kalmax_per_stage": cpu_and_wall(lambda e: per_stage(flow, e), (on_device,), repeats, budget),
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -146,17 +154,21 @@ def measure(dims, sizes, repeats: int) -> list[dict]:
 
 def report(rows: list[dict], machine: dict) -> str:
     """The markdown report: a table of times and ratios, and the targets."""
-    header = ["d", "N", "DAPPER (CPU)", "kalmax (CPU)", "kalmax vmap (CPU)", "DAPPER / kalmax",
-              "DAPPER / kalmax vmap", "DAPPER beside XLA / kalmax", "kalmax wall", "max |diff|"]
-    table, met = [], True
+    header = ["d", "N", "DAPPER (CPU)", "kalmax (CPU)", "kalmax per-stage field (CPU)", "kalmax vmap (CPU)",
+              "DAPPER / kalmax", "DAPPER / kalmax per-stage", "DAPPER / kalmax vmap", "DAPPER beside XLA / kalmax", "kalmax wall", "max |diff|"]
+    table, missed = [], []
     for r in rows:
         ratio = r["dapper"]["cpu_s"] / r["kalmax"]["cpu_s"]
         ratio_vmap = r["dapper"]["cpu_s"] / r["kalmax_vmap"]["cpu_s"]
         target = 3.0 if r["d"] >= 4000 else 1.0
-        met &= ratio >= target
+        if ratio < target:
+            missed.append(f"d = {r['d']:,}, N = {r['N']:,}")
+        per_stage = r["kalmax_per_stage"]["cpu_s"]
         table.append([f"{r['d']:,}", f"{r['N']:,}", common.fmt_time(r["dapper"]["cpu_s"]),
-                      common.fmt_time(r["kalmax"]["cpu_s"]), common.fmt_time(r["kalmax_vmap"]["cpu_s"]),
+                      common.fmt_time(r["kalmax"]["cpu_s"]), common.fmt_time(per_stage),
+                      common.fmt_time(r["kalmax_vmap"]["cpu_s"]),
                       common.fmt_ratio(ratio) + ("" if ratio >= target else " (missed)"),
+                      common.fmt_ratio(r["dapper"]["cpu_s"] / per_stage),
                       common.fmt_ratio(ratio_vmap),
                       common.fmt_ratio(r["dapper_beside_xla"]["cpu_s"] / r["kalmax"]["cpu_s"]),
                       common.fmt_time(r["kalmax"]["wall_s"]),
@@ -169,7 +181,9 @@ def report(rows: list[dict], machine: dict) -> str:
         f"The forecast of N members (float64, F = 8, dt = 0.05), per forecast over {STEPS} consecutive ones: "
         "DAPPER's `Lorenz96.step` in a Python loop on the (N, d) "
         "array; kalmax's `Flow.ensemble` in a compiled `lax.scan` (the ensemble filters' forecast: RK4 on the "
-        "members in columns, (d, N)); and the one-state field vmapped over members, as kalmax forecast before. "
+        "members in columns, (d, N), each step on one periodic extension of the members by four halos); the "
+        "same RK4 with the ensemble field rebuilding the periodic neighbours at each stage (the forecast before "
+        "the halo step); and the one-state field vmapped over members (the forecast before the batched layout). "
         "DAPPER is timed in a process of its own (as its users run it); 'DAPPER beside XLA' is the same NumPy "
         "code timed in the kalmax process after XLA has run, where glibc's allocator keeps NumPy's temporaries "
         "mapped and it ran 2-3x faster at d >= 400 (its best case). kalmax's CPU time counts both cores XLA "
@@ -178,7 +192,7 @@ def report(rows: list[dict], machine: dict) -> str:
         "",
         common.markdown_table(header, table),
         "",
-        f"Targets {'met' if met else 'NOT met'} on every row.",
+        "Targets met on every row." if not missed else "Targets missed on: " + "; ".join(missed) + ".",
     ]
     return "\n".join(lines) + "\n"
 

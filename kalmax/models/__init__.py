@@ -15,9 +15,12 @@ from .integrators import (
     AbstractEnsembleDynamics,
     AbstractEnsembleVectorField,
     AbstractIntegrator,
+    AbstractPeriodicStencil,
     AbstractSemilinearModel,
     Flow,
     IntegratingFactorRK4,
+    periodic_rows,
+    rk4_periodic_step,
     rk4_step,
     trajectory,
 )
@@ -30,6 +33,7 @@ from .navier_stokes import NavierStokes2D, kolmogorov_forcing
 __all__ = [
     "AbstractEnsembleDynamics",
     "AbstractEnsembleVectorField",
+    "AbstractPeriodicStencil",
     "Darcy",
     "garbuno_inigo_source",
     "max_modes",

@@ -23,6 +23,7 @@ import abc
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, PyTree
 
 from . import _params
@@ -93,6 +94,61 @@ class AbstractEnsembleVectorField(eqx.Module):
     @abc.abstractmethod
     def ensemble_vector_field(self, states: Float[Array, "d J"]) -> Float[Array, "d J"]:
         """d states / dt for the members in the columns of `states`."""
+
+
+class AbstractPeriodicStencil(AbstractEnsembleVectorField):
+    """Capability of a model on a periodic 1-D grid: the field at row i depends only on
+    the rows i - halo_before .. i + halo_after (Lorenz-96: 2 before, 1 after).
+
+    `stencil_vector_field(extended, first_row)` evaluates the field on rows
+    first_row .. first_row + n - 1 (indices modulo d) of an ensemble in columns, from
+    `extended` (n + halo_before + halo_after, J), the rows first_row - halo_before ..
+    first_row + n - 1 + halo_after. `RK4` then takes each step on one periodic
+    extension of the members by 4 halos: every stage is plain slices and arithmetic,
+    which XLA:CPU compiles to one vectorised loop, instead of rebuilding the periodic
+    neighbours (a concatenation, whose fused form branches per element) at each of the
+    four stages; measured 4-6x faster than DAPPER's NumPy step at d >= 4,000 where
+    the concatenating form was 1-2x (benchmarks/results/forecast.md).
+    """
+
+    halo_before: eqx.AbstractClassVar[int]
+    halo_after: eqx.AbstractClassVar[int]
+
+    @abc.abstractmethod
+    def stencil_vector_field(self, extended: Float[Array, "n_ext J"], first_row: int) -> Float[Array, "n J"]:
+        """The field on rows first_row .. first_row + n - 1 from their extended rows."""
+
+
+
+def periodic_rows(states: Float[Array, "d ..."], before: int, after: int) -> Float[Array, "n ..."]:
+    """The rows -before .. d - 1 + after of `states` (d, ...), indices modulo d."""
+    dim = states.shape[0]
+    if before <= dim and after <= dim:
+        return jnp.concatenate([states[dim - before :], states, states[:after]], axis=0)
+    return jnp.take(states, np.arange(-before, dim + after) % dim, axis=0)
+
+
+def rk4_periodic_step(model: AbstractPeriodicStencil, states: Float[Array, "d J"], dt) -> Float[Array, "d J"]:
+    """`rk4_step` of `model.ensemble_vector_field` on states (d, J), the same arithmetic
+    element by element, from one periodic extension of the states by four halos: stage s
+    (s = 1..4) is evaluated on the rows -(4-s) halo_before .. d - 1 + (4-s) halo_after."""
+    before, after = model.halo_before, model.halo_after
+    dim = states.shape[0]
+    dt = jnp.asarray(dt).astype(states.dtype)
+    half = 0.5 * dt
+    extended = periodic_rows(states, 4 * before, 4 * after)
+
+    def halos(count):  # rows -count*before .. d-1+count*after of the states
+        start = (4 - count) * before
+        return extended[start : start + dim + count * (before + after)]
+
+    k1 = model.stencil_vector_field(extended, -3 * before)
+    k2 = model.stencil_vector_field(halos(3) + half * k1, -2 * before)
+    k3 = model.stencil_vector_field(halos(2) + half * k2, -before)
+    k4 = model.stencil_vector_field(halos(1) + dt * k3, 0)
+    increment = (k1[3 * before : 3 * before + dim] + 2 * k2[2 * before : 2 * before + dim]
+                 + 2 * k3[before : before + dim] + k4)
+    return states + (dt / 6) * increment
 
 
 class AbstractEnsembleDynamics(eqx.Module):
@@ -176,6 +232,9 @@ class RK4(AbstractIntegrator):
         RK4 steps on the transposed members (d, J), members on the fast axis; else a `vmap`."""
         if not isinstance(model, AbstractEnsembleVectorField):
             return super().integrate_ensemble(model, members)
+        if isinstance(model, AbstractPeriodicStencil) and not self.adjoint:
+            jax.eval_shape(model.ensemble_vector_field, members.T)  # the model's checks, no computation
+            return _repeat(lambda y: rk4_periodic_step(model, y, self.dt), members.T, self.n_steps).T
         return self._run(_ensemble_field, model, members.T).T
 
 
