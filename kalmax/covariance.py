@@ -23,7 +23,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from . import _checks
-from .linalg import cho_solve, logdet_from_chol, solve_lower
+from .linalg import cho_solve, logdet_from_chol, semidefinite_cholesky, solve_lower
 
 
 class AbstractCovariance(eqx.Module):
@@ -76,8 +76,10 @@ class AbstractCovariance(eqx.Module):
 
 
 class DenseCovariance(AbstractCovariance):
-    """A dense covariance matrix; square roots are Cholesky factors, so sampling and
-    whitening need it positive definite (use `ZeroCovariance` for no noise)."""
+    """A dense covariance matrix; square roots are Cholesky factors. Whitening (`solve`,
+    `inv_sqrt_mv`, `logdet`) needs it positive definite; sampling (`sqrt_mv`) also accepts
+    exactly zero rows and columns (components without noise, `linalg.semidefinite_cholesky`).
+    Use `ZeroCovariance` for no noise at all."""
 
     covariance: Float[Array, "d d"]
 
@@ -109,7 +111,8 @@ class DenseCovariance(AbstractCovariance):
         return cho_solve(self.cholesky(), x)
 
     def sqrt_mv(self, x):
-        return self.cholesky() @ x
+        # draws need only L L^T = C: zero rows (unperturbed components) give zero noise, not NaN
+        return semidefinite_cholesky(self.covariance) @ x
 
     def inv_sqrt_mv(self, x):
         return solve_lower(self.cholesky(), x)

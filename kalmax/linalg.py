@@ -54,6 +54,18 @@ def solve_lower(chol: Float[Array, "d d"], rhs: Float[Array, "d ..."]) -> Float[
     return jsl.solve_triangular(chol, rhs, lower=True)
 
 
+def semidefinite_cholesky(matrix: Float[Array, "d d"]) -> Float[Array, "d d"]:
+    """A lower-triangular L with L L^T = matrix that stays finite when rows (and columns) of a
+    positive semi-definite matrix are exactly zero: components without noise, or a zero matrix
+    built under `jit`, where it cannot be recognised as `ZeroCovariance`. Those rows of L are
+    zero; the other entries are the Cholesky factor of the remaining block. For a positive
+    definite matrix it is `jnp.linalg.cholesky`, bit for bit (the diagonal shift is zero).
+    (Plain Cholesky divides by the zero pivot: NaN.)"""
+    zero_rows = jnp.all(matrix == 0, axis=-1)
+    shifted = matrix + jnp.diag(zero_rows.astype(matrix.dtype))  # a unit pivot for each zero row
+    return jnp.where(zero_rows[:, None], jnp.zeros((), matrix.dtype), jnp.linalg.cholesky(shifted))
+
+
 def logdet_from_chol(chol: Float[Array, "d d"]) -> Float[Array, ""]:
     """log det(L L^T) = 2 sum log |diag L|."""
     return 2.0 * jnp.sum(jnp.log(jnp.abs(jnp.diagonal(chol))))

@@ -22,6 +22,7 @@ if "xla_backend_optimization_level" not in os.environ["KALMAX_TESTS_USER_XLA_FLA
     os.environ["XLA_FLAGS"] = (os.environ["KALMAX_TESTS_USER_XLA_FLAGS"] + " --xla_backend_optimization_level=0").strip()
 
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
@@ -29,6 +30,17 @@ threadpool_limits(1, user_api="blas")
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+# np.testing.assert_allclose treats NaN as equal to NaN by default: a gradient and its finite
+# difference both NaN passed a test that way. Every comparison in the suite must be of numbers.
+_assert_allclose = np.testing.assert_allclose
+
+
+def _assert_allclose_without_nan(actual, desired, *args, equal_nan=False, **kwargs):
+    return _assert_allclose(actual, desired, *args, equal_nan=equal_nan, **kwargs)
+
+
+np.testing.assert_allclose = _assert_allclose_without_nan
 
 # Compiled programs are kept on disk for the run (JAX's persistent compilation cache), shared
 # by the xdist workers: the caches are cleared after every module (below), and a program an

@@ -1,10 +1,11 @@
-"""kalmax.linalg: the random mean-preserving rotation (DAPPER's `rot=True`)."""
+"""kalmax.linalg: the random mean-preserving rotation (DAPPER's `rot=True`) and the semi-definite Cholesky factor."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import kalmax as kx
 from kalmax.linalg import mean_preserving_rotation, rotate_rows
 
 
@@ -38,3 +39,24 @@ def test_rotate_rows_applies_the_rotation_without_forming_it(dtype):
     out = jax.jit(rotate_rows)(key, rows)
     assert out.dtype == dtype
     np.testing.assert_allclose(np.asarray(out, np.float64), expected, atol=1e-12 if dtype == jnp.float64 else 1e-5)
+
+
+def test_semidefinite_cholesky_keeps_zero_rows_finite_and_is_cholesky_otherwise():
+    from kalmax.linalg import semidefinite_cholesky
+
+    spd = np.array([[2.0, 0.3, 0.1], [0.3, 1.5, -0.2], [0.1, -0.2, 1.0]])
+    np.testing.assert_array_equal(semidefinite_cholesky(jnp.asarray(spd)), jnp.linalg.cholesky(jnp.asarray(spd)))
+    # components 0 and 2 without noise (plain Cholesky: NaN from the zero first pivot)
+    partial = np.zeros((4, 4))
+    partial[np.ix_([1, 3], [1, 3])] = [[1.0, 0.4], [0.4, 2.0]]
+    assert not np.all(np.isfinite(np.asarray(jnp.linalg.cholesky(jnp.asarray(partial)))))
+    for matrix in (partial, np.zeros((3, 3))):
+        factor = np.asarray(jax.jit(semidefinite_cholesky)(jnp.asarray(matrix)))
+        assert np.all(np.isfinite(factor)) and np.allclose(np.tril(factor), factor)
+        np.testing.assert_allclose(factor @ factor.T, matrix, rtol=0, atol=1e-15)
+    # a zero covariance built under jit (not recognisable as ZeroCovariance) samples zero noise,
+    # and the gradient through the factor of the noisy block is finite
+    draw = jax.jit(lambda scale: kx.DenseCovariance(scale * jnp.eye(2)).sqrt_mv(jnp.ones(2)))(0.0)
+    np.testing.assert_array_equal(draw, np.zeros(2))
+    grad = jax.grad(lambda s: jnp.sum(kx.DenseCovariance(s * jnp.asarray(partial)).sqrt_mv(jnp.ones(4))))(2.0)
+    assert np.isfinite(grad)
