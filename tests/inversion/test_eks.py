@@ -154,15 +154,16 @@ def test_time_averaged_ensemble_matches_posterior(correction):
     ref = _linear_gaussian(0)
     problem = _problem(ref)
     eks = EKS(200, finite_ensemble_correction=correction)
-    n_steps, burn_in = 800, 100
+    n_steps, burn_in = 400, 100
     if correction:  # through the driver: history.mean holds the per-iteration means
         result = invert(problem, eks, jax.random.key(1), n_steps)
         assert int(result.n_iterations) == n_steps
         assert np.all(np.asarray(result.history.time[1:]) > 0)
         assert _rel(np.asarray(result.history.mean[burn_in:]).mean(axis=0), ref["post_mean"]) < 0.05
     means, covs = _sample_run(problem, eks, jax.random.key(2), n_steps)
-    assert _rel(np.asarray(means[burn_in:]).mean(axis=0), ref["post_mean"]) < 0.05
-    assert _rel(np.asarray(covs[burn_in:]).mean(axis=0), ref["post_cov"]) < 0.15
+    mean_error = _rel(np.asarray(means[burn_in:]).mean(axis=0), ref["post_mean"])
+    cov_error = _rel(np.asarray(covs[burn_in:]).mean(axis=0), ref["post_cov"])
+    assert mean_error < 0.05 and cov_error < 0.15, (mean_error, cov_error)  # measured 0.003, 0.075-0.079
 
 
 def test_finite_ensemble_correction_removes_small_ensemble_bias():

@@ -109,14 +109,12 @@ def test_gauss_newton_equals_the_numpy_transcription_of_dappers_var4d(lag, n_ite
 
 
 def test_the_solvers_agree_on_lorenz63():
-    from kalmax.presets import lorenz63_sakov2012
-
-    setup = lorenz63_sakov2012(10)
+    model = lorenz63_model()
     B = jnp.diag(jnp.asarray([6.0, 8.0, 7.0]))  # about 0.1 of Lorenz-63's climatological variances
-    _, ys = kx.simulate(setup.model, jax.random.key(1), 10)
+    _, ys = kx.simulate(model, jax.random.key(1), 8)
     means = {}
     for solver, n_iter in (("gauss-newton", 20), ("incremental", 20), ("lbfgs", 60)):
-        _, history = kx.assimilate(setup.model, kx.FourDVar(B, lag=1, n_iter=n_iter, solver=solver), ys[:10])
+        _, history = kx.assimilate(model, kx.FourDVar(B, lag=1, n_iter=n_iter, solver=solver), ys)
         means[solver] = np.asarray(history.info.lagged_mean)
     # one minimum, found by all three (L-BFGS is a few 1e-6 away in the slowest windows)
     np.testing.assert_allclose(means["incremental"], means["gauss-newton"], rtol=0, atol=1e-8)
@@ -124,7 +122,7 @@ def test_the_solvers_agree_on_lorenz63():
     # the incremental solver is differentiable (CG by implicit differentiation; Gauss-Newton's
     # gradient is checked in test_jit_vmap_and_grad)
     def loss(y):
-        return jnp.sum(kx.FourDVar(B, lag=2, n_iter=2, solver="incremental").run(setup.model, y).mean)
+        return jnp.sum(kx.FourDVar(B, lag=2, n_iter=2, solver="incremental").run(model, y).mean)
 
     gradient = eqx.filter_jit(jax.grad(loss))(ys[:3])
     direction = jax.random.normal(jax.random.key(4), ys[:3].shape, ys.dtype)
