@@ -199,6 +199,33 @@ class NavierStokes2D(AbstractSemilinearModel):
         dz = self.spectral_linear(z).astype(z.dtype) * z + self.spectral_nonlinear(z)
         return self.from_spectral(dz)
 
+    def fourier_observation(self, max_wavenumber: int, dtype=None) -> Float[Array, "p n*n"]:
+        """H (p, n*n): the observation of the low Fourier modes 0 < max(|k_x|, |k_y|) <= K of the
+        vorticity, as an orthonormal set of real modes (rows sqrt(2/n^2) cos(k . x) and
+        sqrt(2/n^2) sin(k . x), one k of each pair +-k), so that H H^T = I and H^T H is the
+        orthogonal projection onto those modes: the observation P_K w of Blömker, Law, Stuart &
+        Zygalakis (2013) and of Law & Stuart (2012), with p = (2K + 1)^2 - 1.
+
+        Args:
+            max_wavenumber: K, 1 <= K < n / 2 (below the Nyquist mode, whose sine vanishes).
+            dtype: float dtype (default the viscosity's).
+        """
+        n = self.grid_size
+        k_max = _params.as_size("max_wavenumber", max_wavenumber, 1)
+        if 2 * k_max >= n:
+            raise ValueError(f"`max_wavenumber` must be below n/2 = {n // 2} for {self._name}; got {k_max}")
+        axis = 2 * np.pi * np.arange(n) / n
+        x, y = np.meshgrid(axis, axis, indexing="ij")
+        rows = []
+        for kx in range(0, k_max + 1):
+            for ky in range(-k_max, k_max + 1):
+                if kx == 0 and ky <= 0:  # one of each pair +-k, and not k = 0
+                    continue
+                phase = kx * x + ky * y
+                rows += [np.cos(phase).ravel(), np.sin(phase).ravel()]
+        dtype = self.viscosity.dtype if dtype is None else dtype
+        return _const(np.sqrt(2.0 / n**2) * np.stack(rows), dtype)
+
     # -- diagnostics -----------------------------------------------------------------------
 
     def stream_function(self, state: Float[Array, " n*n"]) -> Float[Array, "n n"]:

@@ -194,6 +194,14 @@ def test_continuous_3dvar_with_the_stationary_covariance_is_the_kalman_bucy_mean
     np.testing.assert_allclose(bucy.cov[:, 0, 0], stationary, rtol=1e-10)
     np.testing.assert_allclose(var3d.mean, bucy.mean, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(var3d.log_likelihood, bucy.log_likelihood, rtol=1e-10)
+    # the RK4 drift increment: m_{k+1} = m_k + (e^{a dt} to fourth order - 1) m_k + C H^T Gamma^-1 (dz - m_k dt)
+    rk4 = kx.ContinuousThreeDVar(stationary * jnp.eye(1), rk4_drift=True).run(model, data.increments, dt)
+    z = a * dt
+    growth = z + z**2 / 2 + z**3 / 6 + z**4 / 24
+    means = [0.0]
+    for dz in np.asarray(data.increments)[:, 0]:
+        means.append(means[-1] + growth * means[-1] + stationary / gamma2 * (dz - means[-1] * dt))
+    np.testing.assert_allclose(rk4.mean[:, 0], means, rtol=1e-10, atol=1e-13)
 
 
 def test_continuous_3dvar_synchronises_lorenz63_from_a_wrong_start():

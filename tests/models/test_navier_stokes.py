@@ -205,3 +205,22 @@ def test_bad_input():
         NavierStokes2D(N, forcing=jnp.ones((N, N)))
     with pytest.raises(ValueError, match="`viscosity`"):
         NavierStokes2D(N, viscosity=-0.1)
+
+
+def test_fourier_observation_is_an_orthonormal_set_of_the_low_modes():
+    """H H^T = I, and H^T H w keeps exactly the modes 0 < |k|_inf <= K of w (checked with the FFT)."""
+    n, k_max = 16, 3
+    model = NavierStokes2D(n)
+    observation = np.asarray(model.fourier_observation(k_max))
+    assert observation.shape == ((2 * k_max + 1) ** 2 - 1, n * n)
+    np.testing.assert_allclose(observation @ observation.T, np.eye(observation.shape[0]), rtol=0, atol=1e-12)
+    field = np.random.default_rng(0).normal(size=(n, n))
+    projected = (observation.T @ (observation @ field.ravel())).reshape(n, n)
+    wavenumbers = np.fft.fftfreq(n, 1.0 / n)
+    kept = (np.maximum(np.abs(wavenumbers)[:, None], np.abs(wavenumbers)[None, :]) <= k_max)
+    kept[0, 0] = False
+    expected = np.real(np.fft.ifft2(np.where(kept, np.fft.fft2(field), 0.0)))
+    np.testing.assert_allclose(projected, expected, rtol=0, atol=1e-12)
+    assert model.fourier_observation(1, dtype=jnp.float32).dtype == jnp.float32
+    with pytest.raises(ValueError, match="`max_wavenumber`"):
+        model.fourier_observation(8)
