@@ -4,7 +4,8 @@ Public names are re-exported here explicitly; implementations live in modules
 named after what they hold.
 """
 
-from . import continuous, datasets, experiments, inversion, learning, loops, metrics, models, problems, smoothers
+from . import (continuous, datasets, distributed, experiments, inversion, learning, loops, metrics, models, problems,
+               smoothers)
 from .results import RESULTS, DivergenceError, InversionError, KalmaxError, LearningError
 from .assimilate import assimilate, log_likelihood
 from .resumable import assimilate_resumable

@@ -498,7 +498,30 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--sequential", action="store_true",
                        help="run the settings and seeds one after another instead of vmapped (for timing)")
     sweep.set_defaults(run=_cmd_sweep)
+
+    launch = sub.add_parser(
+        "launch", help="run a script as several connected JAX processes on this machine",
+        description="Start N copies of `python SCRIPT ARGS` connected through a coordinator on 127.0.0.1 "
+        "(the script calls kx.distributed.initialize()); each process's output is printed with its index.")
+    launch.add_argument("--processes", type=int, required=True, help="number of processes")
+    launch.add_argument("--devices-per-process", type=int, default=1,
+                        help="CPU devices per process (default: %(default)s)")
+    launch.add_argument("--timeout", type=float, default=3600.0, help="limit of the whole run in seconds")
+    launch.add_argument("script", nargs=argparse.REMAINDER, help="the script and its arguments")
+    launch.set_defaults(run=_cmd_launch)
     return parser
+
+
+def _cmd_launch(args) -> int:
+    from .distributed import launch_local
+
+    runs = launch_local(args.script, args.processes, args.devices_per_process, timeout_s=args.timeout)
+    for run in runs:
+        for line in run.stdout.splitlines():
+            print(f"[{run.process_id}] {line}")
+        if run.returncode != 0:
+            print(f"[{run.process_id}] exit code {run.returncode}: {run.stderr.strip()[-2000:]}", file=sys.stderr)
+    return 0 if all(run.returncode == 0 for run in runs) else 1
 
 
 def main(argv: list[str] | None = None) -> int:

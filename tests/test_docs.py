@@ -64,7 +64,7 @@ def test_the_learning_page_runs_and_recovers_the_forcing(capsys):
 DOCS = ROOT / "docs"
 # the namespaces whose public names (`__all__`) the API reference must cover
 PUBLIC_NAMESPACES = ("kalmax", "kalmax.models", "kalmax.problems", "kalmax.datasets", "kalmax.metrics",
-                     "kalmax.inversion", "kalmax.learning", "kalmax.continuous")
+                     "kalmax.inversion", "kalmax.learning", "kalmax.continuous", "kalmax.distributed")
 # pages whose Python blocks run in order in one namespace (extending.md and learning.md above)
 RUNNABLE_PAGES = ("index.md", "getting-started.md", "concepts.md", "methods/kalman.md", "methods/threedvar.md",
                   "methods/ensemble.md", "methods/smoothers.md", "methods/inversion.md", "methods/continuous.md",

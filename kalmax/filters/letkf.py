@@ -68,6 +68,7 @@ from ..ensemble.localization import AbstractGeometry, LocalPlan, Localization
 from ..gaussian import Ensemble
 from ..linalg import cho_solve, logdet_from_chol, sym_inv_sqrt, sym_matrix_function
 from ..ensemble.algebra import EnsembleSpace, ensemble_space, use_observation_space
+from ..sharding import GridSharding
 from .ensemble_base import AbstractEnsembleFilter, finish_analysis, member_model
 
 # Working-set target of one batch of local analyses, in array elements (about
@@ -85,7 +86,8 @@ def default_batch_size(plan: LocalPlan, ensemble_size: int) -> int:
 
 
 def local_analyses(space: EnsembleSpace, localization: Localization, plan: LocalPlan,
-                   batch_size: int | None = None, observation_space: bool | None = None) -> Float[Array, "J d"]:
+                   batch_size: int | None = None, observation_space: bool | None = None,
+                   grid_sharding: GridSharding | None = None) -> Float[Array, "J d"]:
     """The analysis members (J, d): one local ETKF per domain of `plan` (see module doc).
 
     Args:
@@ -96,6 +98,8 @@ def local_analyses(space: EnsembleSpace, localization: Localization, plan: Local
         observation_space: do each local algebra in the K x K space of the local
             observations instead of the J x J ensemble space (None: when K < J;
             the two are equal up to rounding, see `_local_observation_space`).
+        grid_sharding: a `GridSharding`: the domains are split over its devices (all
+            domains in one `vmap`, each device its share; `batch_size` is not used).
     """
     size = space.anomalies.shape[0]
     dtype = space.anomalies.dtype
@@ -124,7 +128,10 @@ def local_analyses(space: EnsembleSpace, localization: Localization, plan: Local
     inputs = (jnp.asarray(plan.blocks), jnp.asarray(plan.neighbours), weights)
     n_blocks = plan.blocks.shape[0]
     batch = default_batch_size(plan, size) if batch_size is None else int(batch_size)
-    if batch >= n_blocks:
+    if grid_sharding is not None:
+        inputs = tuple(grid_sharding.constrain_grid(values) for values in inputs)
+        out = grid_sharding.constrain_grid(jax.vmap(local)(inputs))
+    elif batch >= n_blocks:
         out = jax.vmap(local)(inputs)
     else:
         out = jax.lax.map(local, inputs, batch_size=batch)
@@ -202,6 +209,10 @@ class LETKF(AbstractEnsembleFilter):
             batch). It does not change the result.
         localized_likelihood: report the localised log-likelihood term (module
             docstring) instead of the global one (static).
+        sharding: a `kalmax.sharding.GridSharding` to split the grid over devices,
+            of one process or several (`kalmax.distributed`): the members' state axis
+            and the local analyses (static; the state dimension must be a multiple of
+            the devices). None: one device.
 
     The state is an `Ensemble`, the info an `EnsembleInfo`.
 
@@ -217,9 +228,10 @@ class LETKF(AbstractEnsembleFilter):
     rotate: bool = eqx.field(static=True)
     batch_size: int | None = eqx.field(static=True)
     localized_likelihood: bool = eqx.field(static=True)
+    sharding: GridSharding | None = eqx.field(static=True)
 
     def __init__(self, ensemble_size: int, localization: Localization, inflation=None, rotate: bool = False,
-                 batch_size: int | None = None, localized_likelihood: bool = False):
+                 batch_size: int | None = None, localized_likelihood: bool = False, sharding=None):
         if isinstance(ensemble_size, bool) or int(ensemble_size) != ensemble_size or int(ensemble_size) < 2:
             raise ValueError(f"`ensemble_size` must be an integer >= 2; got {ensemble_size}")
         if not isinstance(localization, Localization):
@@ -236,16 +248,23 @@ class LETKF(AbstractEnsembleFilter):
         self.rotate = bool(rotate)
         self.batch_size = None if batch_size is None else int(batch_size)
         self.localized_likelihood = bool(localized_likelihood)
+        if sharding is not None and not isinstance(sharding, GridSharding):
+            raise TypeError(f"`sharding` must be a GridSharding (kalmax.sharding) or None; got {type(sharding).__name__}")
+        self.sharding = sharding
 
     @classmethod
     def dapper(cls, ensemble_size: int, geometry: AbstractGeometry, loc_rad, inflation=None, rotate: bool = False,
                block=2, batch_size: int | None = None, max_radius: float | None = None,
-               localized_likelihood: bool = False) -> LETKF:
+               localized_likelihood: bool = False, sharding=None) -> LETKF:
         """DAPPER's `LETKF(N, loc_rad, infl, rot)`: `Localization.dapper` (blocks of 2,
         mean block distance, Gaspari-Cohn half-width 1.82 loc_rad, taper cut-off
         1e-3) and the inflation applied to the analysis anomalies."""
         localization = Localization.dapper(geometry, loc_rad, block=block, max_radius=max_radius)
-        return cls(ensemble_size, localization, inflation, rotate, batch_size, localized_likelihood)
+        return cls(ensemble_size, localization, inflation, rotate, batch_size, localized_likelihood, sharding)
+
+    def constrain(self, members):
+        """`members` constrained to the `sharding` (unchanged without one)."""
+        return members if self.sharding is None else self.sharding.constrain(members)
 
     def check_model(self, model) -> None:
         """Checks before tracing (called by `assimilate`): geometry size, observation
@@ -254,6 +273,8 @@ class LETKF(AbstractEnsembleFilter):
         self.inflation.check_size(model.state_dim)
         self.localization.check(model)
         _check_obs_cov(model.obs_cov)
+        if self.sharding is not None:
+            self.sharding.check_size(self.ensemble_size, model.state_dim)
 
     def analysis_step(self, model, forecast: Ensemble, y, key):
         """The analysis without the argument checks of `analysis`."""
@@ -262,7 +283,7 @@ class LETKF(AbstractEnsembleFilter):
         inflated = self.inflation.prior(forecast, key_prior)
         observed = jax.vmap(model.observe)(inflated.members)
         space = ensemble_space(inflated, observed, y, model.obs_cov)
-        members = local_analyses(space, self.localization, plan, self.batch_size)
+        members = local_analyses(space, self.localization, plan, self.batch_size, grid_sharding=self.sharding)
         taper = self.localization.taper
         if taper.max_radius is not None and math.isfinite(taper.max_radius):
             members = eqx.error_if(

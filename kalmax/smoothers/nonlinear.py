@@ -21,6 +21,7 @@ through the predicted covariances C^-_{n+1} it saved.
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
@@ -88,7 +89,7 @@ class ExtendedRTSSmoother(AbstractSmoother):
         >>> smoothed.mean, smoothed.cov
     """
 
-    filter: ExtendedKalmanFilter = ExtendedKalmanFilter()
+    filter: ExtendedKalmanFilter = eqx.field(default_factory=ExtendedKalmanFilter)
 
     def __check_init__(self):
         if not isinstance(self.filter, ExtendedKalmanFilter):
@@ -120,7 +121,7 @@ class UnscentedRTSSmoother(AbstractSmoother):
         >>> smoothed = kx.smooth(model, kx.UnscentedRTSSmoother(kx.UnscentedKalmanFilter(alpha=1.0)), ys)
     """
 
-    filter: UnscentedKalmanFilter = UnscentedKalmanFilter()
+    filter: UnscentedKalmanFilter = eqx.field(default_factory=UnscentedKalmanFilter)
 
     def __check_init__(self):
         if not isinstance(self.filter, UnscentedKalmanFilter):
