@@ -99,6 +99,8 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     if coordinator_address is None and num_processes is None and process_id is None and COORDINATOR in os.environ:
         coordinator_address = os.environ[COORDINATOR]
         num_processes, process_id = int(os.environ[NUM_PROCESSES]), int(os.environ[PROCESS_ID])
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
+        raise ValueError(f"`timeout_s` must be a positive number of seconds; got {timeout_s!r}")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # the CPU client's; GPUs use NCCL
     timeout = max(1, int(np.ceil(timeout_s)))
     if coordinator_address is None:  # a cluster's scheduler tells JAX everything

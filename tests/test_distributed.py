@@ -101,6 +101,8 @@ def test_an_unreachable_coordinator_is_a_named_error_after_the_timeout():
 def test_bad_arguments_are_named(arguments, message):
     with pytest.raises(ValueError, match=message):
         kx.distributed.initialize(*arguments)
+    with pytest.raises(ValueError, match="`timeout_s` must be a positive number"):
+        kx.distributed.initialize("127.0.0.1:5000", 2, 1, timeout_s=0)
 
 
 def test_the_launcher_refuses_bad_input_in_one_line():
