@@ -107,8 +107,8 @@ class AbstractPeriodicStencil(AbstractEnsembleVectorField):
     extension of the members by 4 halos: every stage is plain slices and arithmetic,
     which XLA:CPU compiles to one vectorised loop, instead of rebuilding the periodic
     neighbours (a concatenation, whose fused form branches per element) at each of the
-    four stages; measured 4-6x faster than DAPPER's NumPy step at d >= 4,000 where
-    the concatenating form was 1-2x (benchmarks/results/forecast.md).
+    four stages; measured 2.6-8x faster than DAPPER's NumPy step at d >= 4,000 in CPU
+    time, where the per-stage form was 0.3-2.5x (benchmarks/results/forecast.md).
     """
 
     halo_before: eqx.AbstractClassVar[int]
