@@ -385,7 +385,41 @@ SMOOTHERS = [
                                              jnp.zeros((10, problem().y.shape[0]))), ValueError, "`key`"),
 ]
 
-CASES = SIMULATE + ASSIMILATE + MODELS + FILTERS + EXPERIMENTS + INVERSION + LEARNING + SMOOTHERS
+
+
+def ou():
+    eye = jnp.eye(1)
+    return kx.ContinuousModel(-eye, 0.5 * eye, eye, 0.2 * eye, jnp.zeros(1), eye)
+
+
+# the issues titled 09 and 10: continuous time, several processes
+CONTINUOUS = [
+    ("continuous-increments-columns", lambda: kx.KalmanBucy().run(ou(), jnp.zeros((5, 2)), 0.1), ValueError,
+     r"`increments` must have shape \(T, 1\)"),
+    ("continuous-increments-vector", lambda: kx.EnKBF(4).run(ou(), jnp.zeros(5), 0.1, KEY), ValueError,
+     "`increments`"),
+    ("continuous-increments-empty", lambda: kx.KalmanBucy().run(ou(), jnp.zeros((0, 1)), 0.1), ValueError,
+     "`increments` is empty"),
+    ("continuous-increments-nan", lambda: kx.ContinuousThreeDVar(jnp.eye(1)).run(
+        ou(), jnp.zeros((5, 1)).at[3, 0].set(jnp.nan), 0.1), ValueError, "non-finite entries \\(first at time step 3"),
+    ("continuous-increments-dtype", lambda: kx.KalmanBucy().run(ou(), jnp.zeros((5, 1), jnp.float32), 0.1),
+     TypeError, "dtype mix: `increments`"),
+    ("continuous-dt-negative", lambda: kx.KalmanBucy().run(ou(), jnp.zeros((5, 1)), -0.1), ValueError, "`dt` must be > 0"),
+    ("continuous-dt-vector", lambda: kx.KalmanBucy().run(ou(), jnp.zeros((5, 1)), jnp.ones(5)), ValueError,
+     "`dt` must be a scalar"),
+    ("continuous-3dvar-background", lambda: kx.ContinuousThreeDVar(jnp.eye(2)).run(ou(), jnp.zeros((5, 1)), 0.1),
+     ValueError, "`background_cov` has size 2"),
+    ("continuous-model-not", lambda: kx.EnKBF(4).run("model", jnp.zeros((5, 1)), 0.1, KEY), TypeError, "`model`"),
+    ("distributed-process-id", lambda: kx.distributed.initialize("127.0.0.1:5000", 2, 5), ValueError,
+     "`process_id`"),
+    ("distributed-address", lambda: kx.distributed.initialize("5000", 2, 0), ValueError, "`coordinator_address`"),
+    ("distributed-devices", lambda: kx.distributed.launch_local(["run.py"], 2, devices_per_process=0), ValueError,
+     "`devices_per_process`"),
+    ("letkf-sharding-members", lambda: kx.LETKF.dapper(8, kx.Periodic1D(8), 2.0, sharding=kx.MemberSharding()),
+     TypeError, "`sharding` must be a GridSharding"),
+]
+
+CASES = SIMULATE + ASSIMILATE + MODELS + FILTERS + EXPERIMENTS + INVERSION + LEARNING + SMOOTHERS + CONTINUOUS
 
 
 def test_the_catalogue_is_large():

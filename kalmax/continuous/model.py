@@ -21,6 +21,7 @@ from typing import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 from .. import _checks
@@ -165,6 +166,11 @@ def check_grid(dt, increments, model: ContinuousModel) -> tuple[Float[Array, ""]
         raise ValueError("`increments` is empty: give at least one time step")
     if increments.dtype != model.dtype:
         raise TypeError(f"dtype mix: `increments` is {increments.dtype} but the model's arrays are {model.dtype}")
+    finite = np.isfinite(np.asarray(increments)).all(axis=1) if _checks.is_concrete(increments) else None
+    if finite is not None and not finite.all():  # NumPy: a concrete array stays concrete under an outer jit
+        bad = int(np.argmin(finite))
+        raise ValueError(f"`increments` has non-finite entries (first at time step {bad}): the continuous filters "
+                         "have no missing data; give every increment")
     return dt.astype(model.dtype), increments
 
 
