@@ -48,9 +48,14 @@ class DistributedError(RuntimeError):
     """Processes that could not be connected (an unreachable coordinator, mismatched versions)."""
 
 
-def _check_process_arguments(coordinator_address: str, num_processes, process_id) -> tuple[str, int, int, int]:
+def _check_num_processes(num_processes) -> int:
     if isinstance(num_processes, bool) or not isinstance(num_processes, (int, np.integer)) or num_processes < 1:
         raise ValueError(f"`num_processes` must be an int >= 1; got {num_processes!r}")
+    return int(num_processes)
+
+
+def _check_process_arguments(coordinator_address: str, num_processes, process_id) -> tuple[str, int, int, int]:
+    _check_num_processes(num_processes)
     if isinstance(process_id, bool) or not isinstance(process_id, (int, np.integer)) or not (
             0 <= process_id < num_processes):
         raise ValueError(f"`process_id` must be an int in [0, {num_processes}); got {process_id!r}")
@@ -184,7 +189,7 @@ def launch_local(argv: Sequence[str], num_processes: int, devices_per_process: i
         timeout_s: the whole run's limit.
         env: extra environment variables for every process.
     """
-    _check_process_arguments("127.0.0.1:1", num_processes, 0)
+    num_processes = _check_num_processes(num_processes)
     if isinstance(devices_per_process, bool) or not isinstance(devices_per_process, (int, np.integer)) or (
             devices_per_process < 1):
         raise ValueError(f"`devices_per_process` must be an int >= 1; got {devices_per_process!r}")
@@ -193,7 +198,7 @@ def launch_local(argv: Sequence[str], num_processes: int, devices_per_process: i
     address = f"127.0.0.1:{_free_port()}"
     processes, files = [], []
     with contextlib.ExitStack() as stack:
-        for process_id in range(int(num_processes)):
+        for process_id in range(num_processes):
             child_env = dict(os.environ, **(env or {}))
             child_env.update({COORDINATOR: address, NUM_PROCESSES: str(num_processes), PROCESS_ID: str(process_id),
                               "JAX_NUM_CPU_DEVICES": str(devices_per_process)})

@@ -35,8 +35,7 @@ from jaxtyping import Array, Float
 from .. import _checks
 from ..covariance import as_covariance
 from ..ensemble.localization import Localization
-from ..models.integrators import rk4_step
-from .kalman_bucy import ContinuousFilterResult, FilterTerm, observation_path, solve_on_grid
+from .kalman_bucy import ContinuousFilterResult, FilterTerm, drift_increment, observation_path, solve_on_grid
 from .model import ContinuousModel, check_grid
 
 FORMS = ("square-root", "perturbed")
@@ -152,10 +151,7 @@ class EnKBF(eqx.Module):
             members, _ = y
             mean, observed, observed_mean, gain = statistics(members)
             innovation = observed if perturbed else 0.5 * (observed + observed_mean)
-            if self.rk4_drift:  # the grid is uniform: the step is dt
-                drift = rk4_step(model.ensemble_drift, members, dt) - members
-            else:
-                drift = model.ensemble_drift(members) * dt
+            drift = drift_increment(model.ensemble_drift, members, dt, self.rk4_drift)
             drift = drift + rate * dt * (members - mean)
             return drift, innovation, gain, observed_mean, obs_cov.solve(observed_mean)
 

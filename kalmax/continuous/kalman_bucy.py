@@ -27,6 +27,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from ..models.integrators import rk4_step
 from .model import ContinuousModel, check_grid
 
 
@@ -76,6 +77,12 @@ def observation_path(increments, dt) -> tuple[Float[Array, " T1"], diffrax.Linea
     times = dt * jnp.arange(n_steps + 1, dtype=increments.dtype)
     cumulative = jnp.concatenate([jnp.zeros((1, n_obs), increments.dtype), jnp.cumsum(increments, axis=0)])
     return times, diffrax.LinearInterpolation(times, cumulative)
+
+
+def drift_increment(drift, state, dt, rk4: bool):
+    """The drift's part of a filter's step on a uniform grid: f(state) dt (Ito-Euler), or with
+    `rk4` one RK4 step of f over dt minus the state (the filters' `rk4_drift`)."""
+    return rk4_step(drift, state, dt) - state if rk4 else drift(state) * dt
 
 
 def solve_on_grid(term: FilterTerm, start, times):
@@ -136,4 +143,4 @@ class KalmanBucy(eqx.Module):
                                       log_likelihood=log_likelihoods[-1])
 
 
-__all__ = ["ContinuousFilterResult", "FilterTerm", "KalmanBucy", "observation_path", "solve_on_grid"]
+__all__ = ["ContinuousFilterResult", "FilterTerm", "KalmanBucy", "drift_increment", "observation_path", "solve_on_grid"]

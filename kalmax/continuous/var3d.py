@@ -17,8 +17,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ..covariance import AbstractCovariance, as_covariance
-from ..models.integrators import rk4_step
-from .kalman_bucy import ContinuousFilterResult, FilterTerm, observation_path, solve_on_grid
+from .kalman_bucy import ContinuousFilterResult, FilterTerm, drift_increment, observation_path, solve_on_grid
 from .model import ContinuousModel, check_grid
 
 
@@ -78,10 +77,7 @@ class ContinuousThreeDVar(eqx.Module):
         def field(t, y, args):
             mean, _ = y
             observed = model.observe(mean)
-            if self.rk4_drift:  # the grid is uniform: the step is dt
-                drift = rk4_step(model.drift_of, mean, dt) - mean
-            else:
-                drift = model.drift_of(mean) * dt
+            drift = drift_increment(model.drift_of, mean, dt, self.rk4_drift)
             return drift, observed, gain_of(mean), obs_cov.solve(observed)
 
         def product(values, control):

@@ -163,12 +163,19 @@ def checked_tell_inputs(problem: InverseProblem, state, size: int, outputs, fail
             f"`state.members` must have shape ({size}, {problem.parameter_dim}); "
             f"got {tuple(state.members.shape)} (was the state made by this method and problem?)"
         )
-    outputs = problem.check_outputs(outputs, size)
+    return checked_outputs_and_failures(problem, outputs, failures, size)
+
+
+def checked_outputs_and_failures(problem: InverseProblem, outputs, failures, count: int, each: str = ""):
+    """The `count` forward outputs (count, p) checked by the problem, and one failure code per
+    run: the problem's own (non-finite outputs) where `failures` gives 0 or is None. `each`
+    words the shape error's note (e.g. " (one code a sigma point)")."""
+    outputs = problem.check_outputs(outputs, count)
     codes = problem.member_failures(outputs)
     if failures is not None:
         failures = jnp.asarray(failures, jnp.int32)
-        if failures.shape != (size,):
-            raise ValueError(f"`failures` must have shape ({size},); got {tuple(failures.shape)}")
+        if failures.shape != (count,):
+            raise ValueError(f"`failures` must have shape ({count},){each}; got {tuple(failures.shape)}")
         codes = jnp.where(failures != 0, failures, codes)
     return outputs, codes
 

@@ -68,7 +68,7 @@ from jaxtyping import Array, Float, Int
 
 from .. import _checks
 from ..linalg import solve_lower, symmetrize, tria
-from .base import AbstractInversion
+from .base import AbstractInversion, checked_outputs_and_failures
 from .constraints import Bounds
 from .problem import InverseProblem
 
@@ -290,15 +290,7 @@ class UKI(AbstractInversion):
                 f"`state` must hold a ({d},) mean and ({n}, {d}) sigma points for this problem; got "
                 f"{tuple(state.mean.shape)} and {tuple(state.sigma_points.shape)} (was it made for another problem?)"
             )
-        outputs = problem.check_outputs(outputs, n)
-        codes = problem.member_failures(outputs)
-        if failures is not None:
-            failures = jnp.asarray(failures, jnp.int32)
-            if failures.shape != (n,):
-                raise ValueError(
-                    f"`failures` must have shape ({n},) (one code a sigma point); got {tuple(failures.shape)}"
-                )
-            codes = jnp.where(failures != 0, failures, codes)
+        outputs, codes = checked_outputs_and_failures(problem, outputs, failures, n, " (one code a sigma point)")
         success = codes == 0
         ok = jnp.all(success)
         safe = jnp.where(success[:, None], outputs, 0.0)
