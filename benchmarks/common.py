@@ -167,6 +167,49 @@ def run_group(script: Path, jobs: list[dict], env: dict, timeout_s: float, workd
     return out
 
 
+# -- memory (worker side) ---------------------------------------------------------------
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_resident_bytes() -> int:
+    """This process's peak resident memory so far (Linux: `ru_maxrss` is in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def device_peak_bytes() -> int | None:
+    """The default device's `peak_bytes_in_use` (GPU, TPU); None where JAX keeps no count (CPU)."""
+    import jax
+
+    stats = jax.local_devices()[0].memory_stats()
+    return None if not stats or "peak_bytes_in_use" not in stats else int(stats["peak_bytes_in_use"])
+
+
+def peak_memory(resident_before: int) -> dict:
+    """The peak memory of the work done since `resident_bytes()` returned `resident_before`:
+    the device's peak where JAX counts it, else the growth of the peak resident memory (which
+    includes the compiler's). Meaningful once per fresh process."""
+    device_peak = device_peak_bytes()
+    if device_peak is None:
+        return dict(peak_bytes=peak_resident_bytes() - resident_before, peak_kind="growth of the peak resident memory")
+    return dict(peak_bytes=device_peak, peak_kind="device peak_bytes_in_use")
+
+
+def fmt_bytes(b) -> str:
+    if b is None:
+        return "—"
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(b) >= size:
+            return f"{b / size:.3g} {unit}"
+    return f"{b} B"
+
+
 # -- guarded workers (parent side) -----------------------------------------------------
 
 

@@ -79,7 +79,7 @@ def pytest_sessionfinish(session, exitstatus):
 # Modules with the longest tests (subprocesses, whole documentation pages and examples),
 # measured with --durations: collected first, so that the xdist workers start on them and
 # the short tests fill in at the end instead of one worker finishing a long test alone.
-LONG_FIRST = ("test_golden.py", "test_sharding.py", "test_docs.py", "test_examples.py", "test_loops.py",
+LONG_FIRST = ("test_golden.py", "test_benchmarks.py", "test_sharding.py", "test_docs.py", "test_examples.py", "test_loops.py",
               "test_resumable.py", "test_external.py", "test_var4d.py")
 
 

@@ -1,0 +1,59 @@
+"""The device benchmark runs unchanged on a CPU in its quick form (so that the first session
+lent a GPU only has to run it), and the scaling benchmark's fits recover known exponents."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import bench_scaling  # noqa: E402
+
+
+def test_the_device_benchmark_runs_on_a_cpu_in_its_quick_form(tmp_path):
+    env = dict(os.environ, PYTHON=sys.executable, XLA_FLAGS=os.environ.get("KALMAX_TESTS_USER_XLA_FLAGS", ""))
+    result = subprocess.run([str(ROOT / "benchmarks" / "gpu.sh"), "--quick", "--out", str(tmp_path)], env=env,
+                            capture_output=True, text=True, timeout=280)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = (tmp_path / "gpu-quick.md").read_text()
+    for section in ("## 1. Kalman filter", "## 2. ETKF and LETKF", "## 3. Sweep", "## 4. EKI on Darcy"):
+        assert section in report
+    saved = json.loads((tmp_path / "gpu-quick.json").read_text())
+    assert saved["device"]["backend"] == "cpu"
+    rows = {row["id"]: row for row in saved["rows"]}
+    assert all(row["status"] == "ok" and row["time_s"] > 0 and row["peak_bytes"] is not None for row in rows.values())
+    # the parallel-in-time filter computes the sequential one's likelihood (float32)
+    sequential, parallel = (rows[f"kalman dx=4 T=100 {form}"]["log_likelihood"] for form in ("sequential", "parallel"))
+    assert parallel == pytest.approx(sequential, rel=1e-4)
+    assert all(row["finite"] for row in rows.values() if row["kind"] == "filter")
+    assert rows["EKI Darcy J=20"]["parameter_error"] < 1.0
+
+
+def test_the_scaling_fits_recover_known_exponents():
+    dims, members = [10**4, 10**5, 10**6], [10, 100, 1000]
+    assert bench_scaling.fit_exponent(dims, [3e-9 * d for d in dims]) == pytest.approx(1.0)
+    assert bench_scaling.fit_exponent(members, [2.0 * n**2.5 for n in members]) == pytest.approx(2.5)
+    assert bench_scaling.fit_exponent([1], [1.0]) is None  # one point: no slope
+    # XLA's buffers: 8 bytes per member and variable, plus the observations and means of 2 cycles
+    rows = [dict(status="ok", sweep="d", method="LETKF", dim=d, members=20, per_cycle_s=1e-6 * d, cycles=2,
+                 dtype="float64", program_bytes=8.0 * 20 * d + 2 * 2 * d * 8) for d in (100, *dims)]
+    rows += [dict(status="ok", sweep="N", method="LETKF", dim=1000, members=n, per_cycle_s=1e-9 * n**3, cycles=2,
+                  dtype="float64", program_bytes=8.0 * 1000 * n + 2 * 2 * 1000 * 8) for n in members]
+    rows.append(dict(status="timeout", sweep="d", method="LETKF", dim=10**7, members=20))
+    fitted = {(f["against"], f["method"]): f for f in bench_scaling.fits(rows, fit_from_d=10**4)}
+    assert fitted["d", "LETKF"]["range"].startswith("10,000 .. 1,000,000 (3 points)")
+    np.testing.assert_allclose([fitted["d", "LETKF"]["time"], fitted["d", "LETKF"]["memory"]], [1.0, 1.0])
+    np.testing.assert_allclose([fitted["N", "LETKF"]["time"], fitted["N", "LETKF"]["memory"]], [3.0, 1.0])
+    constant, per_member_variable, residual = fitted["d", "LETKF"]["memory_affine"]
+    np.testing.assert_allclose([constant, per_member_variable, residual], [0.0, 8.0, 0.0], atol=1e-6)
+    # d = 10^7, N = 100 from the largest cell: memory linear in N d, time scaled by the fitted exponents
+    extrapolated = bench_scaling.extrapolate(rows, list(fitted.values()))["LETKF"]
+    assert extrapolated["from_cell"] == "d = 1,000,000, N = 20"
+    np.testing.assert_allclose(extrapolated["memory_bytes"], 8.0 * 10**9)
+    np.testing.assert_allclose(extrapolated["cpu_time_s"], 1e-6 * 10**7 * 5.0**3)
