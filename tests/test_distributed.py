@@ -45,7 +45,16 @@ SCRIPT = textwrap.dedent(
     make = lambda inflation: kx.EnKF(4, kx.SquareRoot(), inflation=inflation)
     runs = sweep(model, make, T, key, grid={"inflation": [1.0, 1.02, 1.05, 1.1]}, n_seeds=2, burn_in=4,
                  mesh=jax.devices())
-    out["sweep"] = kx.distributed.gather(runs.rmse_analysis).tolist()
+    gathered = kx.distributed.gather(runs)  # the whole SweepResult, as NumPy on every process
+    out["sweep"] = gathered.rmse_analysis.tolist()
+    out["sweep_best"] = {name: float(value) for name, value in gathered.best().items()}
+    out["refused"] = []  # counts that do not divide over the 4 devices of the 2 processes
+    for make, dim in ((lambda: kx.EnKF(6, kx.SquareRoot(), sharding=kx.MemberSharding()), 16),
+                      (lambda: kx.LETKF.dapper(8, kx.Periodic1D(18), 4.0, sharding=kx.GridSharding()), 18)):
+        try:
+            kx.assimilate(presets.lorenz96_sakov2008(T, dim=dim).model, make(), jax.numpy.zeros((T, dim)), key)
+        except ValueError as err:
+            out["refused"].append(str(err))
     print("@@" + json.dumps(out))
     """
 )
@@ -62,7 +71,8 @@ def single_process_reference():
     letkf = kx.assimilate(model, letkf, ys, key)[1].mean
     runs = sweep(model, lambda inflation: kx.EnKF(4, kx.SquareRoot(), inflation=inflation), CYCLES, key,
                  grid={"inflation": [1.0, 1.02, 1.05, 1.1]}, n_seeds=2, burn_in=4)
-    return {"enkf": np.asarray(enkf), "letkf": np.asarray(letkf), "sweep": np.asarray(runs.rmse_analysis)}
+    return {"enkf": np.asarray(enkf), "letkf": np.asarray(letkf), "sweep": np.asarray(runs.rmse_analysis),
+            "sweep_best": {name: float(value) for name, value in runs.best().items()}}
 
 
 def test_two_processes_give_the_one_device_results(tmp_path):
@@ -80,6 +90,10 @@ def test_two_processes_give_the_one_device_results(tmp_path):
         assert out["letkf_local_shards"] == [[8, 4], [8, 4]]
         for name in ("enkf", "letkf", "sweep"):
             np.testing.assert_allclose(np.asarray(out[name]), reference[name], rtol=0, atol=1e-12, err_msg=name)
+        assert out["sweep_best"] == reference["sweep_best"]
+        members, grid = out["refused"]
+        assert "`ensemble_size` 6 is not a multiple of the 4 devices" in members
+        assert "18" in grid and "4 devices" in grid, grid
 
 
 def test_an_unreachable_coordinator_is_a_named_error_after_the_timeout():
