@@ -44,7 +44,7 @@ SWEEP_RADII = [1.0 + 0.5 * i for i in range(8)]
 
 def plan(quick: bool) -> list[dict]:
     """Every job of the benchmark, in order."""
-    jobs = []
+    jobs = [dict(id="device", kind="device")]
     for dx, steps in ([(4, 100)] if quick else [(4, 1000), (4, 10000), (32, 1000), (32, 10000)]):
         for parallel in (False, True):
             jobs.append(dict(id=f"kalman dx={dx} T={steps} {'parallel' if parallel else 'sequential'}",
@@ -66,6 +66,15 @@ def plan(quick: bool) -> list[dict]:
 
 
 # -- worker side -----------------------------------------------------------------------
+
+
+def device_job(job) -> dict:
+    """The default JAX device."""
+    import jax
+
+    device = jax.devices()[0]
+    return dict(backend=jax.default_backend(), device_kind=device.device_kind, count=jax.device_count(),
+                jax=jax.__version__)
 
 
 def kalman_job(job) -> dict:
@@ -145,29 +154,16 @@ def eki_job(job) -> dict:
 
 
 def worker() -> None:
-    common.serve_jobs({"kalman": kalman_job, "filter": filter_job, "sweep": sweep_job, "eki": eki_job})
+    common.serve_jobs({"device": device_job, "kalman": kalman_job, "filter": filter_job, "sweep": sweep_job, "eki": eki_job})
 
 
 # -- parent side -----------------------------------------------------------------------
 
 
-def describe_device(env: dict) -> dict:
-    """The default JAX device, asked in a short worker process (the parent imports no JAX)."""
-    import subprocess
-
-    code = ("import jax, json; d = jax.devices()[0]; "
-            "print(json.dumps(dict(backend=jax.default_backend(), kind=d.device_kind, count=jax.device_count(), "
-            "jax=jax.__version__)))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    if out.returncode != 0:
-        raise RuntimeError(f"JAX did not start: {out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def report(rows: list[dict], device: dict, machine: dict, args) -> str:
     fmt_mem = common.fmt_bytes
-    lines = [f"# Device benchmark: {device['kind']} ({device['backend']})", "",
-             common.machine_markdown(machine), f"- device: {device['count']} x {device['kind']} "
+    lines = [f"# Device benchmark: {device['device_kind']} ({device['backend']})", "",
+             common.machine_markdown(machine), f"- device: {device['count']} x {device['device_kind']} "
              f"(backend {device['backend']}, jax {device['jax']})", "",
              f"kalmax alone, {'float64' if args.float64 else 'float32'}, "
              + ("every job in one process (`--quick`: the peaks are cumulative)" if args.quick
@@ -240,9 +236,7 @@ def main(argv=None) -> int:
     env = common.worker_env()
     env["JAX_ENABLE_X64"] = "1" if args.float64 else "0"
     env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # peak_bytes_in_use then counts what a job uses
-    device = describe_device(env)
     machine = common.describe_machine(("jax", "jaxlib", "numpy", "equinox"))
-    print(f"device: {device}", flush=True)
     jobs = plan(args.quick)
     workdir = Path(tempfile.mkdtemp(prefix="kalmax-gpu-"))
     print(f"worker logs: {workdir / 'workers.log'}", flush=True)
@@ -256,6 +250,9 @@ def main(argv=None) -> int:
                 continue
             results.update(common.run_group(Path(__file__), [job], env, args.timeout, workdir, _progress))
     rows = [{**job, **results[job["id"]]} for job in jobs]
+    device = rows.pop(0)
+    if device["status"] != "ok":
+        raise RuntimeError(f"JAX did not start: {device.get('error', device['status'])}; see {workdir / 'workers.log'}")
     text = report(rows, device, machine, args)
     stem = "gpu-quick" if args.quick else "gpu"
     args.out.mkdir(parents=True, exist_ok=True)
@@ -268,6 +265,8 @@ def main(argv=None) -> int:
 def _progress(r) -> str:
     if r["status"] != "ok":
         return f"{r['id']}: {r['status']} {r.get('error', '')}"
+    if r["kind"] == "device":
+        return f"device: {r['count']} x {r['device_kind']} ({r['backend']}, jax {r['jax']})"
     return f"{r['id']}: {common.fmt_time(r['time_s'])}, peak {common.fmt_bytes(r.get('peak_bytes'))}"
 
 
