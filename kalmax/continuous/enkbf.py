@@ -35,7 +35,8 @@ from jaxtyping import Array, Float
 from .. import _checks
 from ..covariance import as_covariance
 from ..ensemble.localization import Localization
-from .kalman_bucy import ContinuousFilterResult, FilterTerm, drift_increment, observation_path, solve_on_grid
+from .kalman_bucy import (ContinuousFilterResult, FilterTerm, checked_result, drift_increment, observation_path,
+                          solve_on_grid)
 from .model import ContinuousModel, check_grid
 
 FORMS = ("square-root", "perturbed")
@@ -100,7 +101,9 @@ class EnKBF(eqx.Module):
     def run(self, model: ContinuousModel, increments: Float[Array, "T p"], dt, key,
             init_members: Float[Array, "J d"] | None = None) -> ContinuousFilterResult:
         """Filter the increments dz_k (T, p) on the grid of step `dt`; `key` draws the initial
-        ensemble (unless `init_members` (J, d) is given) and the Brownian motions."""
+        ensemble (unless `init_members` (J, d) is given) and the Brownian motions. Raises
+        `DivergenceError` naming the first grid step where the mean is not finite (not under
+        jit, grad or vmap, where the values are not known)."""
         if not isinstance(model, ContinuousModel):
             raise TypeError(f"`model` must be a kx.ContinuousModel; got {type(model).__name__}")
         dt, increments = check_grid(dt, increments, model)
@@ -118,7 +121,8 @@ class EnKBF(eqx.Module):
             if members.dtype != dtype:
                 raise TypeError(f"`init_members` is {members.dtype} but the model's arrays are {dtype}")
         tol = float(dt) / 2 if _checks.is_concrete(dt) else None  # the Brownian tree's depth, static
-        return self._filter(model, increments, dt, members, key_noise, self.taper(model), tol)
+        return checked_result(self._filter(model, increments, dt, members, key_noise, self.taper(model), tol),
+                              f"EnKBF({size})")
 
     @eqx.filter_jit
     def _filter(self, model: ContinuousModel, increments, dt, members, key_noise, taper,

@@ -25,9 +25,12 @@ from __future__ import annotations
 import diffrax
 import equinox as eqx
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
+from .. import _checks
 from ..models.integrators import rk4_step
+from ..results import DivergenceError
 from .model import ContinuousModel, check_grid
 
 
@@ -48,6 +51,24 @@ class ContinuousFilterResult(eqx.Module):
     cov: Float[Array, "T1 d d"] | None
     spread: Float[Array, " T1"] | None
     log_likelihood: Float[Array, ""]
+
+
+def checked_result(result: ContinuousFilterResult, method: str) -> ContinuousFilterResult:
+    """`result`, or a `DivergenceError` naming the first grid time whose mean (or covariance) is
+    not finite. A result computed under a JAX transformation (jit, grad, vmap) is not checked:
+    its values are not known there."""
+    if not _checks.is_concrete(result.mean):
+        return result
+    finite = np.isfinite(np.asarray(result.mean)).all(axis=1)
+    if result.cov is not None:
+        finite &= np.isfinite(np.asarray(result.cov)).all(axis=(1, 2))
+    if not finite.all():
+        step = int(np.argmin(finite))
+        raise DivergenceError(
+            f"{method}: the filter became non-finite at grid step {step} (t = {float(result.times[step]):.4g}): "
+            "it diverged, or its explicit steps are unstable at this `dt` (a smaller grid step, an ensemble "
+            "filter, or for 3DVAR a smaller background covariance)")
+    return result
 
 
 class FilterTerm(diffrax.AbstractTerm):
@@ -104,14 +125,18 @@ class KalmanBucy(eqx.Module):
     extended: bool = eqx.field(static=True, default=False)
 
     def run(self, model: ContinuousModel, increments: Float[Array, "T p"], dt) -> ContinuousFilterResult:
-        """Filter the increments dz_k (T, p) on the grid of step `dt`."""
+        """Filter the increments dz_k (T, p) on the grid of step `dt`.
+
+        Raises `DivergenceError` naming the first grid step where the result is not finite
+        (not under jit, grad or vmap, where the values are not known)."""
         if not isinstance(model, ContinuousModel):
             raise TypeError(f"`model` must be a kx.ContinuousModel; got {type(model).__name__}")
         if not self.extended and not model.linear:
             raise ValueError("`model` has a nonlinear drift or observation: the Kalman-Bucy filter needs matrices A "
                              "and H; use KalmanBucy(extended=True) or kx.EnKBF")
         dt, increments = check_grid(dt, increments, model)
-        return self._filter(model, increments, dt)
+        return checked_result(self._filter(model, increments, dt),
+                              "KalmanBucy(extended=True)" if self.extended else "KalmanBucy()")
 
     @eqx.filter_jit
     def _filter(self, model: ContinuousModel, increments, dt) -> ContinuousFilterResult:

@@ -17,7 +17,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ..covariance import AbstractCovariance, as_covariance
-from .kalman_bucy import ContinuousFilterResult, FilterTerm, drift_increment, observation_path, solve_on_grid
+from .kalman_bucy import (ContinuousFilterResult, FilterTerm, checked_result, drift_increment, observation_path,
+                          solve_on_grid)
 from .model import ContinuousModel, check_grid
 
 
@@ -53,7 +54,8 @@ class ContinuousThreeDVar(eqx.Module):
     def run(self, model: ContinuousModel, increments: Float[Array, "T p"], dt,
             init_mean: Float[Array, " d"] | None = None) -> ContinuousFilterResult:
         """Filter the increments dz_k (T, p) on the grid of step `dt` from `init_mean` (default
-        the model's m_0)."""
+        the model's m_0). Raises `DivergenceError` naming the first grid step where the mean
+        is not finite (not under jit, grad or vmap, where the values are not known)."""
         if not isinstance(model, ContinuousModel):
             raise TypeError(f"`model` must be a kx.ContinuousModel; got {type(model).__name__}")
         if self.background_cov.dim != model.state_dim:
@@ -63,7 +65,7 @@ class ContinuousThreeDVar(eqx.Module):
         start = model.init_mean if init_mean is None else jnp.asarray(init_mean, model.dtype)
         if start.shape != (model.state_dim,):
             raise ValueError(f"`init_mean` must have shape ({model.state_dim},); got {tuple(start.shape)}")
-        return self._filter(model, increments, dt, start)
+        return checked_result(self._filter(model, increments, dt, start), "ContinuousThreeDVar")
 
     @eqx.filter_jit
     def _filter(self, model: ContinuousModel, increments, dt, start) -> ContinuousFilterResult:

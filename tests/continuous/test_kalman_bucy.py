@@ -265,3 +265,17 @@ def test_enkbf_localisation_tapers_the_gain_and_a_taper_of_ones_changes_nothing(
     with pytest.raises(ValueError, match="`localization`"):
         kx.EnKBF(6, localization=kx.Localization(kx.Periodic1D(dim + 1), kx.StepTaper(0.5))).run(
             model, data.increments, dt, jax.random.key(0))
+
+
+def test_a_filter_that_becomes_non_finite_raises_naming_the_grid_step():
+    # an unstable drift on a coarse grid: the explicit steps overflow (no NaN is returned silently)
+    model = kx.ContinuousModel(50.0 * jnp.eye(1), 0.5 * jnp.eye(1), jnp.eye(1), 0.2 * jnp.eye(1), jnp.zeros(1),
+                               jnp.eye(1))
+    increments = jnp.zeros((200, 1))
+    with pytest.raises(kx.DivergenceError, match=r"KalmanBucy\(\): the filter became non-finite at grid step \d+"):
+        kx.KalmanBucy().run(model, increments, 0.1)
+    with pytest.raises(kx.DivergenceError, match=r"EnKBF\(4\): the filter became non-finite at grid step"):
+        kx.EnKBF(4).run(model, increments, 0.1, jax.random.key(0))
+    # under jit the values are not known: the result comes back as it is, for the caller to check
+    mean = jax.jit(lambda dz: kx.KalmanBucy().run(model, dz, 0.1).mean)(increments)
+    assert not bool(jnp.all(jnp.isfinite(mean)))
