@@ -18,6 +18,23 @@ Kalman-Bucy filter against the discrete ETKF (the issue titled 09).
    of its own), both compiled, CPU seconds per unit of model time and the rmse after a
    burn-in (target: the EnKBF at most 5x the ETKF's cost at equal accuracy).
 
+4. Discrete ETKF -> square-root EnKBF with a fixed ensemble and common noise (slope ~1).
+5. Continuous 3DVAR on 2-D Navier-Stokes against the observed Fourier modes and the
+   inflation (Blömker, Law, Stuart & Zygalakis 2013).
+6. Law & Stuart (2012), "Evaluating data assimilation algorithms", on a stochastic
+   Lorenz-63 (observations of every component every 0.25 time units): each filter's
+   mean and covariance against the exact filtering distribution, computed by a bootstrap
+   particle filter of many particles (a plain JAX transcription in this file; its own
+   Monte-Carlo error measured by a second, independent run).
+
+7. The same evaluation with continuous observations, for the continuous-time filters (the
+   EnKBF in both forms, continuous 3DVAR, the extended Kalman-Bucy filter): the same
+   stochastic Lorenz-63 as an SDE (Sigma = 0.4 I, the per-interval Q = 0.1 I of part 6 per
+   unit time) observed as dz = v dt + Gamma^{1/2} dW with Gamma = 0.5 I (R tau of part 6),
+   increments every 0.01; the gold standard is a particle filter of the continuous
+   observation path (Heun steps on the same grid, Girsanov weights, resampling every
+   0.25), scored every 0.25.
+
 Results: benchmarks/results/continuous{,-quick}.md and .json.
 """
 
@@ -222,6 +239,290 @@ def plot_navier_stokes_3dvar(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def law_stuart_model(model_noise: bool = True):
+    """Lorenz-63 with model noise (so that the filtering distribution is a proper target for a
+    bootstrap particle filter): RK4 steps of 0.01, observations of (x, y, z) every 0.25 with
+    R = 2 I (Sakov et al. 2012's set-up), Q = 0.1 I per observation interval,
+    v_0 ~ N((1.5, -1.5, 25), 2 I)."""
+    from kalmax.models import Lorenz63
+    from kalmax.observations import IndexObservation
+
+    return kx.StateSpaceModel(
+        dynamics=Flow(Lorenz63(), RK4(jnp.asarray(0.01), 25)), observation=IndexObservation(range(3), 3),
+        dynamics_cov=0.1 * jnp.eye(3) if model_noise else None, obs_cov=2.0 * jnp.eye(3),
+        init_mean=jnp.asarray([1.5, -1.5, 25.0]), init_cov=2.0 * jnp.eye(3))
+
+
+@eqx.filter_jit
+def particle_filter(model, ys, key, n_particles: int):
+    """The gold standard: a bootstrap particle filter (propagate with the model's noise, weight
+    by the Gaussian likelihood of y_n, systematic resampling every cycle). Returns the
+    filtering means (T, d), covariances (T, d, d) and effective sample sizes (T,)."""
+    dim = model.state_dim
+    chol_q = jnp.linalg.cholesky(model.dynamics_cov.matrix())
+    obs_prec = jnp.linalg.inv(model.obs_cov.matrix())
+    key_init, key_run = jax.random.split(key)
+    particles = model.init_mean + jax.random.normal(key_init, (n_particles, dim)) @ jnp.linalg.cholesky(
+        model.init_cov.matrix()).T
+
+    def cycle(particles, inputs):
+        y, key = inputs
+        key_noise, key_resample = jax.random.split(key)
+        particles = jax.vmap(model.dynamics)(particles) + jax.random.normal(key_noise, particles.shape) @ chol_q.T
+        innovation = y - jax.vmap(model.observe)(particles)
+        log_w = -0.5 * jnp.einsum("ni,ij,nj->n", innovation, obs_prec, innovation)
+        w = jax.nn.softmax(log_w)
+        mean = w @ particles
+        centred = particles - mean
+        cov = (centred * w[:, None]).T @ centred
+        ess = 1.0 / jnp.sum(w**2)
+        positions = (jax.random.uniform(key_resample) + jnp.arange(n_particles)) / n_particles
+        index = jnp.clip(jnp.searchsorted(jnp.cumsum(w), positions), 0, n_particles - 1)
+        return particles[index], (mean, cov, ess)
+
+    keys = jax.random.split(key_run, ys.shape[0])
+    _, (means, covs, ess) = jax.lax.scan(cycle, particles, (ys, keys))
+    return means, covs, ess
+
+
+def law_stuart(args) -> dict:
+    """Each filter's filtered mean and covariance against the particle filter's."""
+    model = law_stuart_model()
+    truth, ys = kx.simulate(model, jax.random.key(20), args.ls_cycles)
+    truth = np.asarray(truth)[1:]  # v_1..v_T, as the filters' analyses
+    started = time.perf_counter()
+    gold = [tuple(np.asarray(x) for x in particle_filter(model, ys, jax.random.key(21 + i), args.ls_particles))
+            for i in range(2)]
+    pf_seconds = time.perf_counter() - started
+    (pf_mean, pf_cov, ess), (pf_mean2, pf_cov2, _) = gold
+    after = slice(args.ls_burn_in, None)
+    spread = np.sqrt(np.trace(pf_cov, axis1=1, axis2=2))  # the posterior's own scale, per cycle
+
+    def scores(mean, cov):
+        mean_error = np.linalg.norm(mean - pf_mean, axis=1) / spread
+        relative = np.linalg.norm(mean - pf_mean, axis=1) / np.linalg.norm(pf_mean, axis=1)
+        out = dict(mean_error=float(np.mean(mean_error[after])), mean_error_path=mean_error.tolist(),
+                   relative_mean_error=float(np.mean(relative[after])),
+                   rmse_truth=float(np.sqrt(np.mean((mean - truth)[after] ** 2))))
+        if cov is not None:
+            cov_error = np.linalg.norm(cov - pf_cov, axis=(1, 2)) / np.linalg.norm(pf_cov, axis=(1, 2))
+            out.update(cov_error=float(np.mean(cov_error[after])), cov_error_path=cov_error.tolist(),
+                       spread_ratio=float(np.mean(np.sqrt(np.trace(cov, axis1=1, axis2=2))[after] / spread[after])))
+        return out
+
+    clim = 40.0 * np.eye(3)  # about Lorenz-63's climatological variance per component
+    methods = {
+        "3DVAR (B = 0.05 clim.)": (kx.ThreeDVar(0.05 * clim), False),
+        "3DVAR (B = 0.2 clim.)": (kx.ThreeDVar(0.2 * clim), False),
+        "EKF": (kx.ExtendedKalmanFilter(), True),
+        "UKF": (kx.UnscentedKalmanFilter(), True),
+        "EnKF (perturbed obs., N = 20)": (kx.EnKF(20, kx.PerturbedObservations()), True),
+        "ETKF (N = 20)": (kx.EnKF(20, kx.SquareRoot()), True),
+        "ETKF (N = 200)": (kx.EnKF(200, kx.SquareRoot()), True),
+        "LETKF (N = 20, radius 1)": (kx.LETKF.dapper(20, kx.Periodic1D(3), 1.0, block=1), True),
+    }
+    rows = {"particle filter, second run (Monte-Carlo error)": scores(pf_mean2, pf_cov2)}
+    for name, (method, has_cov) in methods.items():
+        _, history = kx.assimilate(model, method, ys, jax.random.key(22), save=kx.Save(cov=has_cov))
+        rows[name] = scores(np.asarray(history.mean), np.asarray(history.cov) if has_cov else None)
+    # strong-constraint 4D-Var has no model noise: run on the deterministic model (a mis-specified prior)
+    _, history = kx.assimilate(law_stuart_model(model_noise=False), kx.FourDVar(0.05 * clim, lag=2), ys)
+    rows["4D-Var (lag 2, B = 0.05 clim., no model noise)"] = scores(np.asarray(history.mean), None)
+    return dict(cycles=args.ls_cycles, burn_in=args.ls_burn_in, particles=args.ls_particles, pf_seconds=pf_seconds,
+                min_ess=float(np.min(ess)), median_ess=float(np.median(ess)),
+                pf_rmse_truth=float(np.sqrt(np.mean((pf_mean - truth)[after] ** 2))),
+                posterior_spread=float(np.mean(spread[after])), rows=rows)
+
+
+def law_stuart_continuous_model():
+    """Part 6's Lorenz-63 in continuous time: Sigma = 0.4 I, Gamma = 0.5 I, all components observed."""
+    from kalmax.models import Lorenz63
+
+    return kx.ContinuousModel(Lorenz63().vector_field, 0.4 * jnp.eye(3), jnp.eye(3), 0.5 * jnp.eye(3),
+                              jnp.asarray([1.5, -1.5, 25.0]), 2.0 * jnp.eye(3))
+
+
+@eqx.filter_jit
+def continuous_particle_filter(model, increments, dt, key, n_particles: int, every: int):
+    """The gold standard for continuous observations: particles moved by the stochastic Heun
+    step on the increments' grid (as the truth was simulated), weighted by the Girsanov likelihood of each increment,
+    log w += h(v)^T Gamma^-1 dz - |h(v)|^2_Gamma dt / 2 (h at the start of the step, Ito),
+    and resampled (systematic) every `every` steps, where the filtering mean, covariance and
+    effective sample size are recorded: (T / every, d), (T / every, d, d), (T / every,)."""
+    from kalmax.covariance import as_covariance
+
+    dim, dtype = model.state_dim, model.dtype
+
+    def matrix(name, value, size):
+        return as_covariance(name, value, size, dtype).matrix()
+
+    chol_sigma = jnp.linalg.cholesky(matrix("diffusion_cov", model.diffusion_cov, dim)) * jnp.sqrt(dt)
+    obs_prec = jnp.linalg.inv(matrix("obs_cov", model.obs_cov, model.obs_dim))
+    key_init, key_run = jax.random.split(key)
+    particles = model.init_mean + jax.random.normal(key_init, (n_particles, dim)) @ jnp.linalg.cholesky(
+        matrix("init_cov", model.init_cov, dim)).T
+    blocks = increments.shape[0] // every
+
+    def step(carry, inputs):
+        particles, log_w = carry
+        dz, key = inputs
+        h = jax.vmap(model.observe)(particles)
+        log_w = log_w + h @ (obs_prec @ dz) - 0.5 * jnp.einsum("ni,ij,nj->n", h, obs_prec, h) * dt
+        # the stochastic Heun step of `simulate_continuous` (additive noise): Euler's bias on
+        # Lorenz-63 at this step moved the particles off the truth's dynamics
+        noise = jax.random.normal(key, particles.shape) @ chol_sigma.T
+        drift = jax.vmap(model.drift_of)(particles)
+        predictor = particles + drift * dt + noise
+        particles = particles + 0.5 * (drift + jax.vmap(model.drift_of)(predictor)) * dt + noise
+        return (particles, log_w), None
+
+    def block(particles, inputs):
+        dzs, key = inputs
+        key_steps, key_resample = jax.random.split(key)
+        (particles, log_w), _ = jax.lax.scan(step, (particles, jnp.zeros(n_particles)),
+                                             (dzs, jax.random.split(key_steps, every)))
+        w = jax.nn.softmax(log_w)
+        mean = w @ particles
+        centred = particles - mean
+        cov = (centred * w[:, None]).T @ centred
+        positions = (jax.random.uniform(key_resample) + jnp.arange(n_particles)) / n_particles
+        index = jnp.clip(jnp.searchsorted(jnp.cumsum(w), positions), 0, n_particles - 1)
+        return particles[index], (mean, cov, 1.0 / jnp.sum(w**2))
+
+    dzs = increments[: blocks * every].reshape(blocks, every, -1)
+    _, (means, covs, ess) = jax.lax.scan(block, particles, (dzs, jax.random.split(key_run, blocks)))
+    return means, covs, ess
+
+
+def law_stuart_continuous(args) -> dict:
+    """The continuous-time filters' means (and covariances) against the particle filter's."""
+    model, dt, every = law_stuart_continuous_model(), 0.01, 25
+    steps = args.ls_cycles * every
+    data = kx.simulate_continuous(model, jax.random.key(30), steps, dt)
+    started = time.perf_counter()
+    gold = [tuple(np.asarray(x) for x in continuous_particle_filter(model, data.increments, dt, jax.random.key(31 + i),
+                                                                    args.ls_particles, every)) for i in range(2)]
+    pf_seconds = time.perf_counter() - started
+    (pf_mean, pf_cov, ess), (pf_mean2, pf_cov2, _) = gold
+    truth = np.asarray(data.truth)[every::every]
+    after = slice(args.ls_burn_in, None)
+    spread = np.sqrt(np.trace(pf_cov, axis1=1, axis2=2))
+
+    def scores(mean, cov=None, ensemble_spread=None):  # at the scoring times, (cycles, ...)
+        difference = np.linalg.norm(mean - pf_mean, axis=1)
+        out = dict(mean_error=float(np.mean((difference / spread)[after])),
+                   mean_error_path=(difference / spread).tolist(),
+                   relative_mean_error=float(np.mean((difference / np.linalg.norm(pf_mean, axis=1))[after])),
+                   rmse_truth=float(np.sqrt(np.mean((mean - truth)[after] ** 2))))
+        if cov is not None:
+            cov_error = np.linalg.norm(cov - pf_cov, axis=(1, 2)) / np.linalg.norm(pf_cov, axis=(1, 2))
+            out.update(cov_error=float(np.mean(cov_error[after])), cov_error_path=cov_error.tolist(),
+                       spread_ratio=float(np.mean(np.sqrt(np.trace(cov, axis1=1, axis2=2))[after] / spread[after])))
+        if ensemble_spread is not None:  # sqrt(mean_i var_i) = sqrt(tr C / d)
+            ratio = np.sqrt(3.0) * ensemble_spread / spread
+            out.update(spread_ratio=float(np.mean(ratio[after])))
+        return out
+
+    rows = {"particle filter, second run (Monte-Carlo error)": scores(pf_mean2, pf_cov2)}
+    key = jax.random.key(32)
+    for name, method in (("EnKBF square root (N = 20)", kx.EnKBF(20)),
+                         ("EnKBF perturbed (N = 20)", kx.EnKBF(20, form="perturbed")),
+                         ("EnKBF square root (N = 200)", kx.EnKBF(200))):
+        result = method.run(model, data.increments, dt, key)
+        rows[name] = scores(np.asarray(result.mean)[every::every],
+                            ensemble_spread=np.asarray(result.spread)[every::every])
+    try:
+        result = kx.KalmanBucy(extended=True).run(model, data.increments, dt)
+        rows["extended Kalman-Bucy"] = scores(np.asarray(result.mean)[every::every],
+                                              np.asarray(result.cov)[every::every])
+    except kx.DivergenceError as err:  # its explicit Riccati steps overflow on this grid
+        rows["extended Kalman-Bucy"] = dict(diverged=str(err))
+    for scale in (1.0, 4.0):
+        result = kx.ContinuousThreeDVar(scale * jnp.eye(3), rk4_drift=True).run(model, data.increments, dt)
+        rows[f"continuous 3DVAR (C = {scale:g} I)"] = scores(np.asarray(result.mean)[every::every])
+    return dict(cycles=args.ls_cycles, burn_in=args.ls_burn_in, particles=args.ls_particles, pf_seconds=pf_seconds,
+                min_ess=float(np.min(ess)), median_ess=float(np.median(ess)),
+                pf_rmse_truth=float(np.sqrt(np.mean((pf_mean - truth)[after] ** 2))),
+                posterior_spread=float(np.mean(spread[after])), rows=rows)
+
+
+def plot_law_stuart(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
+    colours = plt.get_cmap("tab10").colors
+    for index, (name, row) in enumerate(result["rows"].items()):  # one colour per method in both panels
+        style = dict(lw=0.8, ls="--" if name.startswith("particle") else "-", color=colours[index % len(colours)])
+        axes[0].semilogy(row["mean_error_path"], label=name, **style)
+        if "cov_error_path" in row:
+            axes[1].semilogy(row["cov_error_path"], label=name, **style)
+    axes[0].set_ylabel("|m - m_post| / sqrt(tr C_post)")
+    axes[1].set_ylabel("||C - C_post||_F / ||C_post||_F")
+    axes[1].set_xlabel("cycle (0.25 time units each)")
+    axes[0].legend(fontsize=7, ncol=2)
+    axes[0].set_title("Filters against the exact filtering distribution (Lorenz-63; Law & Stuart 2012)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report_law_stuart_continuous(r: dict) -> list[str]:
+    table = []
+    for name, row in r["rows"].items():
+        if "diverged" in row:
+            step = row["diverged"].split("(t = ")[1].split(")")[0] if "(t = " in row["diverged"] else "?"
+            table.append([name, f"diverged (non-finite at t = {step})", "", "", "", ""])
+            continue
+        table.append([name, f"{row['relative_mean_error']:.4f}", f"{row['mean_error']:.3f}",
+                      f"{row['cov_error']:.3f}" if "cov_error" in row else "—",
+                      f"{row['spread_ratio']:.2f}" if "spread_ratio" in row else "—", f"{row['rmse_truth']:.3f}"])
+    return ["## 7. Continuous-time filters against the exact filtering distribution", "",
+            "Part 6's Lorenz-63 as an SDE (Sigma = 0.4 I per unit time), observed continuously, dz = v dt + "
+            f"Gamma^(1/2) dW with Gamma = 0.5 I, increments every 0.01; {r['cycles']} scoring times 0.25 apart, "
+            f"averaged after the {r['burn_in']}th. Gold standard: a particle filter of the observation path of "
+            f"{r['particles']:,} particles (stochastic Heun steps on the increments' grid, as the truth was simulated; "
+            "Girsanov weights; resampled "
+            f"every 0.25; effective sample size median {r['median_ess']:,.0f}, minimum {r['min_ess']:,.0f}; "
+            f"{r['pf_seconds']:.0f} s for two runs); its second run's row is its Monte-Carlo error. Columns as in "
+            "part 6; the EnKBF returns its spread, not its covariance (spread ratio from sqrt(d) x spread). Mean "
+            f"posterior spread {r['posterior_spread']:.3f}; the particle filter's rmse {r['pf_rmse_truth']:.3f}.",
+            "", common.markdown_table(["method", "relative mean error", "mean error (spreads)", "covariance error",
+                                       "spread ratio", "rmse (truth)"], table), ""]
+
+
+def report_law_stuart(r: dict, quick: bool) -> list[str]:
+    table = []
+    for name, row in r["rows"].items():
+        table.append([name, f"{row['relative_mean_error']:.4f}", f"{row['mean_error']:.3f}",
+                      f"{row['cov_error']:.3f}" if "cov_error" in row else "—",
+                      f"{row['spread_ratio']:.2f}" if "spread_ratio" in row else "—", f"{row['rmse_truth']:.3f}"])
+    figure = "continuous-law-stuart" + ("-quick" if quick else "") + ".png"
+    return ["## 6. Filters against the exact filtering distribution (Law & Stuart 2012)", "",
+            f"Lorenz-63 with model noise Q = 0.1 I per interval, (x, y, z) observed every 0.25 with R = 2 I (Sakov et al. "
+            f"2012's observations), {r['cycles']} "
+            f"cycles, scores averaged after cycle {r['burn_in']}. The gold standard: a bootstrap particle filter of "
+            f"{r['particles']:,} particles (effective sample size: median {r['median_ess']:,.0f}, minimum "
+            f"{r['min_ess']:,.0f}; {r['pf_seconds']:.0f} s for two runs); a second, independent run measures its "
+            f"Monte-Carlo error (first row). Relative mean error: |m - m_post| / |m_post|, Law & Stuart's measure; "
+            f"mean error: |m - m_post| in units of the posterior's spread sqrt(tr C_post) (mean "
+            f"{r['posterior_spread']:.3f}), the stricter one; covariance error: ||C - C_post||_F / ||C_post||_F; "
+            "spread ratio: sqrt(tr C) / sqrt(tr C_post); rmse: against the truth (the particle filter's: "
+            f"{r['pf_rmse_truth']:.3f}). Filters as configured, no tuning: no inflation (the model noise is known), "
+            "3DVAR with two backgrounds.", "",
+            common.markdown_table(["method", "relative mean error", "mean error (spreads)", "covariance error",
+                                   "spread ratio", "rmse (truth)"], table), "",
+            "Law & Stuart found on Navier-Stokes that the approximate filters reproduce the posterior mean well and "
+            "its covariance poorly. In their measure the same holds here: the Gaussian filters that keep track (UKF, "
+            "the ensemble filters, 4D-Var) are within a few per cent of the posterior mean and tens of per cent off "
+            "its covariance. Measured in the posterior's own spread the mean is not much better than the "
+            "covariance: a fraction of a standard deviation off. A larger ensemble does not remove either error, "
+            "which comes from the Gaussian (linear) analysis, not from sampling; the EKF, linearised over a long "
+            "interval, loses the posterior. Per cycle: " + f"`benchmarks/results/{figure}`.", ""]
+
+
 def report(results: dict, machine: dict, quick: bool) -> str:
     fmt = common.fmt_time
     lines = ["# Continuous time: limits and cost", "", common.machine_markdown(machine), ""]
@@ -259,6 +560,8 @@ def report(results: dict, machine: dict, quick: bool) -> str:
               "",
               f"EnKBF / ETKF cost: {c['ratio']:.2f}x (target at most 5x).", ""]
     lines += report_etkf_limit(results["etkf_limit"]) + report_navier_stokes(results["navier_stokes_3dvar"], quick)
+    lines += report_law_stuart(results["law_stuart"], quick)
+    lines += report_law_stuart_continuous(results["law_stuart_continuous"])
     lines += ["Generated by `benchmarks/bench_continuous.py`" + (" --quick" if quick else "") + "."]
     return "\n".join(lines) + "\n"
 
@@ -316,26 +619,34 @@ def _best_per_modes(r: dict) -> list[tuple[int, float]]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rerun", metavar="PART", action="append",
+                        help="run only this part again (e.g. law_stuart; repeatable), keeping the others' results "
+                        "from the saved .json, and write the report")
     args = parser.parse_args(argv)
     args.seeds = 2 if args.quick else 6
     args.repeats = 2 if args.quick else 5
     args.horizon, args.burn_in = (10.0, 4.0) if args.quick else (60.0, 20.0)
     args.inflation_rate = 0.25
     machine = common.describe_machine(("jax", "jaxlib", "numpy", "equinox", "diffrax"))
-    results = {}
+    stem = "continuous-quick" if args.quick else "continuous"
+    results = json.loads((common.RESULTS / f"{stem}.json").read_text())["results"] if args.rerun else {}
     args.ns_grid, args.ns_horizon = (16, 4.0) if args.quick else (32, 20.0)
     args.ns_modes = [1, 2, 4] if args.quick else [1, 2, 3, 5, 8]
     args.ns_inflations = [1.0, 10.0, 100.0]
+    args.ls_cycles, args.ls_burn_in, args.ls_particles = (60, 10, 20_000) if args.quick else (300, 40, 200_000)
     jobs = (("kalman_limit", kalman_limit), ("ensemble_limit", ensemble_limit), ("cost", cost),
-            ("etkf_limit", etkf_limit), ("navier_stokes_3dvar", navier_stokes_3dvar))
+            ("etkf_limit", etkf_limit), ("navier_stokes_3dvar", navier_stokes_3dvar), ("law_stuart", law_stuart),
+            ("law_stuart_continuous", law_stuart_continuous))
     for name, job in jobs:
+        if args.rerun and name not in args.rerun:
+            continue
         started = time.perf_counter()
         results[name] = job(args)
         print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)
     text = report(results, machine, args.quick)
-    stem = "continuous-quick" if args.quick else "continuous"
     common.RESULTS.mkdir(exist_ok=True)
     plot_navier_stokes_3dvar(results["navier_stokes_3dvar"], common.RESULTS / f"{stem.replace('continuous', 'continuous-ns3dvar')}.png")
+    plot_law_stuart(results["law_stuart"], common.RESULTS / f"{stem.replace('continuous', 'continuous-law-stuart')}.png")
     (common.RESULTS / f"{stem}.md").write_text(text)
     (common.RESULTS / f"{stem}.json").write_text(json.dumps(dict(machine=machine, results=results), indent=1,
                                                              default=str))
