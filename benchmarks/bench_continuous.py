@@ -276,7 +276,8 @@ def particle_filter(model, ys, key, n_particles: int):
         centred = particles - mean
         cov = (centred * w[:, None]).T @ centred
         ess = 1.0 / jnp.sum(w**2)
-        positions = (jax.random.uniform(key_resample) + jnp.arange(n_particles)) / n_particles
+        positions = (jax.random.uniform(key_resample, dtype=w.dtype)
+                     + jnp.arange(n_particles, dtype=w.dtype)) / n_particles
         index = jnp.clip(jnp.searchsorted(jnp.cumsum(w), positions), 0, n_particles - 1)
         return particles[index], (mean, cov, ess)
 
@@ -385,7 +386,8 @@ def continuous_particle_filter(model, increments, dt, key, n_particles: int, eve
         mean = w @ particles
         centred = particles - mean
         cov = (centred * w[:, None]).T @ centred
-        positions = (jax.random.uniform(key_resample) + jnp.arange(n_particles)) / n_particles
+        positions = (jax.random.uniform(key_resample, dtype=w.dtype)
+                     + jnp.arange(n_particles, dtype=w.dtype)) / n_particles
         index = jnp.clip(jnp.searchsorted(jnp.cumsum(w), positions), 0, n_particles - 1)
         return particles[index], (mean, cov, 1.0 / jnp.sum(w**2))
 

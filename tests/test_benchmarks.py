@@ -57,3 +57,36 @@ def test_the_scaling_fits_recover_known_exponents():
     assert extrapolated["from_cell"] == "d = 1,000,000, N = 20"
     np.testing.assert_allclose(extrapolated["memory_bytes"], 8.0 * 10**9)
     np.testing.assert_allclose(extrapolated["cpu_time_s"], 1e-6 * 10**7 * 5.0**3)
+
+
+def test_the_gold_standard_particle_filters_reproduce_the_kalman_filters_on_linear_models():
+    """Law & Stuart's evaluation (bench_continuous parts 6 and 7) rests on its particle filters:
+    on linear-Gaussian models they must give the Kalman (Kalman-Bucy) filter's mean and covariance."""
+    import jax
+    import jax.numpy as jnp
+
+    import bench_continuous
+    import kalmax as kx
+    from kalmax.observations import IndexObservation
+
+    drift = jnp.asarray([[0.9, 0.2], [-0.2, 0.9]])
+    model = kx.StateSpaceModel(lambda v: drift @ v, IndexObservation([0], 2), 0.1 * jnp.eye(2), 0.5 * jnp.eye(1),
+                               jnp.asarray([1.0, -1.0]), jnp.eye(2))
+    linear = kx.LinearGaussianSSM(drift, jnp.eye(1, 2), 0.1 * jnp.eye(2), 0.5 * jnp.eye(1), jnp.asarray([1.0, -1.0]),
+                                  jnp.eye(2))
+    _, ys = kx.simulate(linear, jax.random.key(0), 15)
+    means, covs, ess = bench_continuous.particle_filter(model, ys, jax.random.key(1), 40_000)
+    _, exact = kx.assimilate(linear, kx.KalmanFilter(), ys, save=kx.Save(cov=True))
+    assert float(jnp.min(ess)) > 5_000
+    np.testing.assert_allclose(means, exact.mean, atol=0.03)
+    np.testing.assert_allclose(covs, exact.cov, atol=0.03)
+
+    continuous = kx.ContinuousModel(-0.5 * jnp.eye(2), 0.3 * jnp.eye(2), jnp.eye(1, 2), 0.1 * jnp.eye(1),
+                                    jnp.asarray([1.0, 0.0]), 0.5 * jnp.eye(2))
+    dt, every = 0.005, 20
+    data = kx.simulate_continuous(continuous, jax.random.key(2), 10 * every, dt)
+    means, covs, _ = bench_continuous.continuous_particle_filter(continuous, data.increments, dt,
+                                                                 jax.random.key(3), 40_000, every)
+    bucy = kx.KalmanBucy().run(continuous, data.increments, dt)
+    np.testing.assert_allclose(means, bucy.mean[every::every], atol=0.03)
+    np.testing.assert_allclose(covs, bucy.cov[every::every], atol=0.03)
