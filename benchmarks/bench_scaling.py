@@ -106,7 +106,6 @@ def filter_cell(job) -> dict:
     return dict(per_cycle_s=timing["median_s"] / cycles, per_cycle_cpu_s=timing["median_cpu_s"] / cycles,
                 compile_s=compile_s, first_s=timing["first_s"], repeats=timing["repeats"],
                 program_bytes=program_bytes,
-                program_bytes_per_member_variable=None if program_bytes is None else program_bytes / (members * dim),
                 peak_bytes=memory["peak_bytes"], peak_kind=memory["peak_kind"],
                 dtype=str(ys.dtype), backend=jax.default_backend(), device=str(jax.devices()[0].device_kind),
                 finite=bool(np.all(np.isfinite(np.asarray(history)))))  # fmt: skip

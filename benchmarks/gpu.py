@@ -184,12 +184,13 @@ def report(rows: list[dict], device: dict, machine: dict, args) -> str:
                                     table), ""]  # fmt: skip
     table = [[r["method"], f"{r['dim']:,}", str(r["members"]), _time(r), _mem(r, fmt_mem),
               fmt_mem(r.get("program_bytes")) if r["status"] == "ok" else "",
-              "—" if r.get("program_bytes_per_member_variable") is None
-              else f"{r['program_bytes_per_member_variable']:.3g}"]
+              "—" if r["status"] != "ok" or bench_scaling.working_bytes(r) is None
+              else f"{bench_scaling.working_bytes(r) / (r['dim'] * r['members']):.3g}"]
              for r in rows if r["kind"] == "filter"]  # fmt: skip
     lines += ["## 2. ETKF and LETKF on Lorenz-96: time per cycle", "",
               "`assimilate` under `jax.jit`, compiled ahead of time (`bench_scaling.filter_cell`); XLA buffers: "
-              "the program's arguments, outputs and temporaries, and per member and variable.", "",
+              "the program's arguments, outputs and temporaries; bytes / (N d): its working memory (less the "
+              "observations and the saved means) per member and variable.", "",
               common.markdown_table(["method", "d", "N", "per cycle", "peak", "XLA buffers", "bytes / (N d)"], table),
               ""]
     for r in rows:
