@@ -5,8 +5,6 @@ included files exist (`make docs` builds the site with mkdocs --strict)."""
 
 import pathlib
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -36,14 +34,17 @@ def test_the_python_blocks_run_and_track_the_truth(capsys):
     assert isinstance(namespace["Nudging"](0.5), namespace["kx"].AbstractFilter)
 
 
-def test_the_command_lines_run():
+def test_the_command_lines_run(capsys, monkeypatch):
+    # each line as `kalmax ...` runs it, in this process (the entry point is tested in tests/test_cli.py),
+    # from the repository's root as the page says
+    from kalmax import cli
+
+    monkeypatch.chdir(ROOT)
     for line in _blocks("bash")[0].strip().splitlines():
         args = line.split()[1:]
         args[args.index("--cycles") + 1] = "150"
-        done = subprocess.run([sys.executable, "-m", "kalmax.cli", *args, "--burn-in", "50"], cwd=ROOT,
-                              capture_output=True, text=True, timeout=240)
-        assert done.returncode == 0, done.stderr
-        assert "rmse" in done.stdout
+        assert cli.main([*args, "--burn-in", "50"]) == 0, capsys.readouterr().err
+        assert "rmse" in capsys.readouterr().out
 
 
 def test_the_learning_page_runs_and_recovers_the_forcing(capsys):
