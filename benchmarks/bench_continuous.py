@@ -253,6 +253,20 @@ def law_stuart_model(model_noise: bool = True):
         init_mean=jnp.asarray([1.5, -1.5, 25.0]), init_cov=2.0 * jnp.eye(3))
 
 
+def weighted_moments_and_resample(particles, log_w, key):
+    """The weighted mean (d,), covariance (d, d) and effective sample size of particles (M, d)
+    with log-weights (M,), and the particles resampled systematically (M, d)."""
+    n_particles = particles.shape[0]
+    w = jax.nn.softmax(log_w)
+    mean = w @ particles
+    centred = particles - mean
+    cov = (centred * w[:, None]).T @ centred
+    ess = 1.0 / jnp.sum(w**2)
+    positions = (jax.random.uniform(key, dtype=w.dtype) + jnp.arange(n_particles, dtype=w.dtype)) / n_particles
+    index = jnp.clip(jnp.searchsorted(jnp.cumsum(w), positions), 0, n_particles - 1)
+    return particles[index], (mean, cov, ess)
+
+
 @eqx.filter_jit
 def particle_filter(model, ys, key, n_particles: int):
     """The gold standard: a bootstrap particle filter (propagate with the model's noise, weight
@@ -271,19 +285,41 @@ def particle_filter(model, ys, key, n_particles: int):
         particles = jax.vmap(model.dynamics)(particles) + jax.random.normal(key_noise, particles.shape) @ chol_q.T
         innovation = y - jax.vmap(model.observe)(particles)
         log_w = -0.5 * jnp.einsum("ni,ij,nj->n", innovation, obs_prec, innovation)
-        w = jax.nn.softmax(log_w)
-        mean = w @ particles
-        centred = particles - mean
-        cov = (centred * w[:, None]).T @ centred
-        ess = 1.0 / jnp.sum(w**2)
-        positions = (jax.random.uniform(key_resample, dtype=w.dtype)
-                     + jnp.arange(n_particles, dtype=w.dtype)) / n_particles
-        index = jnp.clip(jnp.searchsorted(jnp.cumsum(w), positions), 0, n_particles - 1)
-        return particles[index], (mean, cov, ess)
+        return weighted_moments_and_resample(particles, log_w, key_resample)
 
     keys = jax.random.split(key_run, ys.shape[0])
     _, (means, covs, ess) = jax.lax.scan(cycle, particles, (ys, keys))
     return means, covs, ess
+
+
+def posterior_scores(gold, truth, after, mean, cov=None, ensemble_spread=None) -> dict:
+    """A filter's (T, d) means (and (T, d, d) covariances, or (T,) ensemble spreads) against the
+    particle filter's `gold` = (means, covariances) and the truth, averaged over the cycles `after`:
+    Law & Stuart's relative mean error, the mean error in posterior spreads, the covariance
+    error, the spread ratio and the rmse."""
+    pf_mean, pf_cov = gold
+    spread = np.sqrt(np.trace(pf_cov, axis1=1, axis2=2))  # the posterior's own scale, per cycle
+    difference = np.linalg.norm(mean - pf_mean, axis=1)
+    out = dict(mean_error=float(np.mean((difference / spread)[after])), mean_error_path=(difference / spread).tolist(),
+               relative_mean_error=float(np.mean((difference / np.linalg.norm(pf_mean, axis=1))[after])),
+               rmse_truth=float(np.sqrt(np.mean((mean - truth)[after] ** 2))))
+    if cov is not None:
+        cov_error = np.linalg.norm(cov - pf_cov, axis=(1, 2)) / np.linalg.norm(pf_cov, axis=(1, 2))
+        out.update(cov_error=float(np.mean(cov_error[after])), cov_error_path=cov_error.tolist(),
+                   spread_ratio=float(np.mean(np.sqrt(np.trace(cov, axis1=1, axis2=2))[after] / spread[after])))
+    if ensemble_spread is not None:  # sqrt(mean_i var_i) = sqrt(tr C / d)
+        ratio = np.sqrt(mean.shape[1]) * ensemble_spread / spread
+        out.update(spread_ratio=float(np.mean(ratio[after])))
+    return out
+
+
+def gold_summary(args, gold, ess, truth, after, pf_seconds) -> dict:
+    """What the reports say of the particle filter: its size, effective sample sizes, time, rmse."""
+    pf_mean, pf_cov = gold
+    return dict(cycles=args.ls_cycles, burn_in=args.ls_burn_in, particles=args.ls_particles, pf_seconds=pf_seconds,
+                min_ess=float(np.min(ess)), median_ess=float(np.median(ess)),
+                pf_rmse_truth=float(np.sqrt(np.mean((pf_mean - truth)[after] ** 2))),
+                posterior_spread=float(np.mean(np.sqrt(np.trace(pf_cov, axis1=1, axis2=2))[after])))
 
 
 def law_stuart(args) -> dict:
@@ -297,19 +333,9 @@ def law_stuart(args) -> dict:
     pf_seconds = time.perf_counter() - started
     (pf_mean, pf_cov, ess), (pf_mean2, pf_cov2, _) = gold
     after = slice(args.ls_burn_in, None)
-    spread = np.sqrt(np.trace(pf_cov, axis1=1, axis2=2))  # the posterior's own scale, per cycle
 
     def scores(mean, cov):
-        mean_error = np.linalg.norm(mean - pf_mean, axis=1) / spread
-        relative = np.linalg.norm(mean - pf_mean, axis=1) / np.linalg.norm(pf_mean, axis=1)
-        out = dict(mean_error=float(np.mean(mean_error[after])), mean_error_path=mean_error.tolist(),
-                   relative_mean_error=float(np.mean(relative[after])),
-                   rmse_truth=float(np.sqrt(np.mean((mean - truth)[after] ** 2))))
-        if cov is not None:
-            cov_error = np.linalg.norm(cov - pf_cov, axis=(1, 2)) / np.linalg.norm(pf_cov, axis=(1, 2))
-            out.update(cov_error=float(np.mean(cov_error[after])), cov_error_path=cov_error.tolist(),
-                       spread_ratio=float(np.mean(np.sqrt(np.trace(cov, axis1=1, axis2=2))[after] / spread[after])))
-        return out
+        return posterior_scores((pf_mean, pf_cov), truth, after, mean, cov)
 
     clim = 40.0 * np.eye(3)  # about Lorenz-63's climatological variance per component
     methods = {
@@ -329,10 +355,7 @@ def law_stuart(args) -> dict:
     # strong-constraint 4D-Var has no model noise: run on the deterministic model (a mis-specified prior)
     _, history = kx.assimilate(law_stuart_model(model_noise=False), kx.FourDVar(0.05 * clim, lag=2), ys)
     rows["4D-Var (lag 2, B = 0.05 clim., no model noise)"] = scores(np.asarray(history.mean), None)
-    return dict(cycles=args.ls_cycles, burn_in=args.ls_burn_in, particles=args.ls_particles, pf_seconds=pf_seconds,
-                min_ess=float(np.min(ess)), median_ess=float(np.median(ess)),
-                pf_rmse_truth=float(np.sqrt(np.mean((pf_mean - truth)[after] ** 2))),
-                posterior_spread=float(np.mean(spread[after])), rows=rows)
+    return dict(gold_summary(args, (pf_mean, pf_cov), ess, truth, after, pf_seconds), rows=rows)
 
 
 def law_stuart_continuous_model():
@@ -382,14 +405,7 @@ def continuous_particle_filter(model, increments, dt, key, n_particles: int, eve
         key_steps, key_resample = jax.random.split(key)
         (particles, log_w), _ = jax.lax.scan(step, (particles, jnp.zeros(n_particles)),
                                              (dzs, jax.random.split(key_steps, every)))
-        w = jax.nn.softmax(log_w)
-        mean = w @ particles
-        centred = particles - mean
-        cov = (centred * w[:, None]).T @ centred
-        positions = (jax.random.uniform(key_resample, dtype=w.dtype)
-                     + jnp.arange(n_particles, dtype=w.dtype)) / n_particles
-        index = jnp.clip(jnp.searchsorted(jnp.cumsum(w), positions), 0, n_particles - 1)
-        return particles[index], (mean, cov, 1.0 / jnp.sum(w**2))
+        return weighted_moments_and_resample(particles, log_w, key_resample)
 
     dzs = increments[: blocks * every].reshape(blocks, every, -1)
     _, (means, covs, ess) = jax.lax.scan(block, particles, (dzs, jax.random.split(key_run, blocks)))
@@ -408,22 +424,9 @@ def law_stuart_continuous(args) -> dict:
     (pf_mean, pf_cov, ess), (pf_mean2, pf_cov2, _) = gold
     truth = np.asarray(data.truth)[every::every]
     after = slice(args.ls_burn_in, None)
-    spread = np.sqrt(np.trace(pf_cov, axis1=1, axis2=2))
 
     def scores(mean, cov=None, ensemble_spread=None):  # at the scoring times, (cycles, ...)
-        difference = np.linalg.norm(mean - pf_mean, axis=1)
-        out = dict(mean_error=float(np.mean((difference / spread)[after])),
-                   mean_error_path=(difference / spread).tolist(),
-                   relative_mean_error=float(np.mean((difference / np.linalg.norm(pf_mean, axis=1))[after])),
-                   rmse_truth=float(np.sqrt(np.mean((mean - truth)[after] ** 2))))
-        if cov is not None:
-            cov_error = np.linalg.norm(cov - pf_cov, axis=(1, 2)) / np.linalg.norm(pf_cov, axis=(1, 2))
-            out.update(cov_error=float(np.mean(cov_error[after])), cov_error_path=cov_error.tolist(),
-                       spread_ratio=float(np.mean(np.sqrt(np.trace(cov, axis1=1, axis2=2))[after] / spread[after])))
-        if ensemble_spread is not None:  # sqrt(mean_i var_i) = sqrt(tr C / d)
-            ratio = np.sqrt(3.0) * ensemble_spread / spread
-            out.update(spread_ratio=float(np.mean(ratio[after])))
-        return out
+        return posterior_scores((pf_mean, pf_cov), truth, after, mean, cov, ensemble_spread)
 
     rows = {"particle filter, second run (Monte-Carlo error)": scores(pf_mean2, pf_cov2)}
     key = jax.random.key(32)
@@ -442,10 +445,7 @@ def law_stuart_continuous(args) -> dict:
     for scale in (1.0, 4.0):
         result = kx.ContinuousThreeDVar(scale * jnp.eye(3), rk4_drift=True).run(model, data.increments, dt)
         rows[f"continuous 3DVAR (C = {scale:g} I)"] = scores(np.asarray(result.mean)[every::every])
-    return dict(cycles=args.ls_cycles, burn_in=args.ls_burn_in, particles=args.ls_particles, pf_seconds=pf_seconds,
-                min_ess=float(np.min(ess)), median_ess=float(np.median(ess)),
-                pf_rmse_truth=float(np.sqrt(np.mean((pf_mean - truth)[after] ** 2))),
-                posterior_spread=float(np.mean(spread[after])), rows=rows)
+    return dict(gold_summary(args, (pf_mean, pf_cov), ess, truth, after, pf_seconds), rows=rows)
 
 
 def plot_law_stuart(result: dict, path: Path) -> None:
@@ -471,9 +471,10 @@ def plot_law_stuart(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def report_law_stuart_continuous(r: dict) -> list[str]:
+def law_stuart_table(rows: dict) -> str:
+    """The table of parts 6 and 7: a row per method of `posterior_scores` (or of its divergence)."""
     table = []
-    for name, row in r["rows"].items():
+    for name, row in rows.items():
         if "diverged" in row:
             step = row["diverged"].split("(t = ")[1].split(")")[0] if "(t = " in row["diverged"] else "?"
             table.append([name, f"diverged (non-finite at t = {step})", "", "", "", ""])
@@ -481,6 +482,11 @@ def report_law_stuart_continuous(r: dict) -> list[str]:
         table.append([name, f"{row['relative_mean_error']:.4f}", f"{row['mean_error']:.3f}",
                       f"{row['cov_error']:.3f}" if "cov_error" in row else "—",
                       f"{row['spread_ratio']:.2f}" if "spread_ratio" in row else "—", f"{row['rmse_truth']:.3f}"])
+    return common.markdown_table(["method", "relative mean error", "mean error (spreads)", "covariance error",
+                                  "spread ratio", "rmse (truth)"], table)
+
+
+def report_law_stuart_continuous(r: dict) -> list[str]:
     return ["## 7. Continuous-time filters against the exact filtering distribution", "",
             "Part 6's Lorenz-63 as an SDE (Sigma = 0.4 I per unit time), observed continuously, dz = v dt + "
             f"Gamma^(1/2) dW with Gamma = 0.5 I, increments every 0.01; {r['cycles']} scoring times 0.25 apart, "
@@ -491,16 +497,10 @@ def report_law_stuart_continuous(r: dict) -> list[str]:
             f"{r['pf_seconds']:.0f} s for two runs); its second run's row is its Monte-Carlo error. Columns as in "
             "part 6; the EnKBF returns its spread, not its covariance (spread ratio from sqrt(d) x spread). Mean "
             f"posterior spread {r['posterior_spread']:.3f}; the particle filter's rmse {r['pf_rmse_truth']:.3f}.",
-            "", common.markdown_table(["method", "relative mean error", "mean error (spreads)", "covariance error",
-                                       "spread ratio", "rmse (truth)"], table), ""]
+            "", law_stuart_table(r["rows"]), ""]
 
 
 def report_law_stuart(r: dict, quick: bool) -> list[str]:
-    table = []
-    for name, row in r["rows"].items():
-        table.append([name, f"{row['relative_mean_error']:.4f}", f"{row['mean_error']:.3f}",
-                      f"{row['cov_error']:.3f}" if "cov_error" in row else "—",
-                      f"{row['spread_ratio']:.2f}" if "spread_ratio" in row else "—", f"{row['rmse_truth']:.3f}"])
     figure = "continuous-law-stuart" + ("-quick" if quick else "") + ".png"
     return ["## 6. Filters against the exact filtering distribution (Law & Stuart 2012)", "",
             f"Lorenz-63 with model noise Q = 0.1 I per interval, (x, y, z) observed every 0.25 with R = 2 I (Sakov et al. "
@@ -514,8 +514,7 @@ def report_law_stuart(r: dict, quick: bool) -> list[str]:
             "spread ratio: sqrt(tr C) / sqrt(tr C_post); rmse: against the truth (the particle filter's: "
             f"{r['pf_rmse_truth']:.3f}). Filters as configured, no tuning: no inflation (the model noise is known), "
             "3DVAR with two backgrounds.", "",
-            common.markdown_table(["method", "relative mean error", "mean error (spreads)", "covariance error",
-                                   "spread ratio", "rmse (truth)"], table), "",
+            law_stuart_table(r["rows"]), "",
             "Law & Stuart found on Navier-Stokes that the approximate filters reproduce the posterior mean well and "
             "its covariance poorly. In their measure the same holds here: the Gaussian filters that keep track (UKF, "
             "the ensemble filters, 4D-Var) are within a few per cent of the posterior mean and tens of per cent off "
@@ -649,10 +648,7 @@ def main(argv=None) -> int:
     common.RESULTS.mkdir(exist_ok=True)
     plot_navier_stokes_3dvar(results["navier_stokes_3dvar"], common.RESULTS / f"{stem.replace('continuous', 'continuous-ns3dvar')}.png")
     plot_law_stuart(results["law_stuart"], common.RESULTS / f"{stem.replace('continuous', 'continuous-law-stuart')}.png")
-    (common.RESULTS / f"{stem}.md").write_text(text)
-    (common.RESULTS / f"{stem}.json").write_text(json.dumps(dict(machine=machine, results=results), indent=1,
-                                                             default=str))
-    print(text)
+    common.write_results(stem, text, dict(machine=machine, results=results))
     return 0
 
 

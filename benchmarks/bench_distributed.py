@@ -115,11 +115,7 @@ def main(argv=None) -> int:
     machine = common.describe_machine(("jax", "jaxlib", "numpy", "equinox"))
     rows = measure(dim, cycles)
     text = report(rows, machine, dim, cycles, args.quick)
-    stem = "distributed-quick" if args.quick else "distributed"
-    common.RESULTS.mkdir(exist_ok=True)
-    (common.RESULTS / f"{stem}.md").write_text(text)
-    (common.RESULTS / f"{stem}.json").write_text(json.dumps(dict(machine=machine, rows=rows), indent=1))
-    print(text)
+    common.write_results("distributed-quick" if args.quick else "distributed", text, dict(machine=machine, rows=rows))
     return 0
 
 

@@ -160,11 +160,7 @@ def main(argv=None) -> int:
     machine = common.describe_machine(("jax", "jaxlib", "numpy", "equinox", "distributed"))
     rows = run([50] if args.quick else [100, 1000], 3 if args.quick else 5)
     text = report(rows, machine, args.quick)
-    stem = "external-quick" if args.quick else "external"
-    common.RESULTS.mkdir(exist_ok=True)
-    (common.RESULTS / f"{stem}.md").write_text(text)
-    (common.RESULTS / f"{stem}.json").write_text(json.dumps(dict(machine=machine, rows=rows), indent=1))
-    print(text)
+    common.write_results("external-quick" if args.quick else "external", text, dict(machine=machine, rows=rows))
     return 0
 
 

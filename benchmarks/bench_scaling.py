@@ -181,30 +181,27 @@ def affine_fit(xs, ys) -> tuple[float, float, float] | None:
 def fits(rows: list[dict], fit_from_d: int) -> list[dict]:
     """The d-exponents per (method, N) over d >= fit_from_d and the N-exponents per (method, d)."""
     ok = [r for r in rows if r["status"] == "ok"]
+
+    def fit(method, against, fixed, sel, expected_time):
+        xs = [r["dim" if against == "d" else "members"] for r in sel]
+        return dict(method=method, against=against, fixed=fixed, range=_range(xs),
+                    time=fit_exponent(xs, [r["per_cycle_s"] for r in sel]),
+                    memory=fit_exponent(xs, [working_bytes(r) for r in sel]),
+                    memory_affine=affine_fit([r["dim"] * r["members"] for r in sel], [working_bytes(r) for r in sel]),
+                    expected_time=expected_time, expected_memory=1.0)
+
     out = []
     for method, members in sorted({(r["method"], r["members"]) for r in ok if r["sweep"] == "d"}):
         sel = sorted((r for r in ok if r["sweep"] == "d" and r["method"] == method and r["members"] == members
                       and r["dim"] >= fit_from_d), key=lambda r: r["dim"])  # fmt: skip
-        xs = [r["dim"] for r in sel]
-        out.append(dict(method=method, against="d", fixed=f"N = {members}", range=_range(xs),
-                        time=fit_exponent(xs, [r["per_cycle_s"] for r in sel]),
-                        memory=fit_exponent(xs, [working_bytes(r) for r in sel]),
-                        memory_affine=affine_fit([r["dim"] * r["members"] for r in sel],
-                                                 [working_bytes(r) for r in sel]),
-                        expected_time=1.0, expected_memory=1.0))  # fmt: skip
+        out.append(fit(method, "d", f"N = {members}", sel, 1.0))
     for method, dim in sorted({(r["method"], r["dim"]) for r in ok if r["sweep"] == "N"}):
         sel = sorted((r for r in ok if r["sweep"] == "N" and r["method"] == method and r["dim"] == dim),
                      key=lambda r: r["members"])
-        xs = [r["members"] for r in sel]
-        out.append(dict(method=method, against="N", fixed=f"d = {dim}", range=_range(xs),
-                        time=fit_exponent(xs, [r["per_cycle_s"] for r in sel]),
-                        memory=fit_exponent(xs, [working_bytes(r) for r in sel]),
-                        memory_affine=affine_fit([r["dim"] * r["members"] for r in sel],
-                                                 [working_bytes(r) for r in sel]),
-                        expected_time="1 to 2 (forecast O(N d), analysis O(N^2 d))" if method == "ETKF"
-                        else "2 to 3 while N <= p_local (J x J local algebra, O(d (N^2 p + N^3))); about 1 "
-                        "beyond (p x p local algebra, O(d (p^2 N + p^3)))",
-                        expected_memory=1.0))  # fmt: skip
+        out.append(fit(method, "N", f"d = {dim}", sel,
+                       "1 to 2 (forecast O(N d), analysis O(N^2 d))" if method == "ETKF"
+                       else "2 to 3 while N <= p_local (J x J local algebra, O(d (N^2 p + N^3))); about 1 "
+                       "beyond (p x p local algebra, O(d (p^2 N + p^3)))"))
     return out
 
 
@@ -350,10 +347,8 @@ def main(argv=None) -> int:
 
         processes = bench_distributed.measure(args.process_dim, 5 if args.quick else 10)
     text = report(rows, fitted, extra, processes, machine, args)
-    (args.out / f"{stem}.md").write_text(text)
-    (args.out / f"{stem}.json").write_text(json.dumps(dict(machine=machine, rows=rows, fits=fitted,
-                                                           extrapolation=extra, processes=processes), indent=1))
-    print(text)
+    common.write_results(stem, text, dict(machine=machine, rows=rows, fits=fitted, extrapolation=extra,
+                                          processes=processes), args.out)
     return 0
 
 

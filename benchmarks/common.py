@@ -167,6 +167,15 @@ def run_group(script: Path, jobs: list[dict], env: dict, timeout_s: float, workd
     return out
 
 
+def write_results(stem: str, text: str, payload: dict, folder: Path = RESULTS) -> None:
+    """Write a benchmark's report `folder/stem.md` and its raw numbers `folder/stem.json`, and
+    print the report."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{stem}.md").write_text(text)
+    (folder / f"{stem}.json").write_text(json.dumps(payload, indent=1, default=str))
+    print(text)
+
+
 # -- memory (worker side) ---------------------------------------------------------------
 
 

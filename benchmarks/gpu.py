@@ -26,7 +26,6 @@ Results: gpu.md and gpu.json (gpu-quick.* with `--quick`), the device described.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -258,11 +257,8 @@ def main(argv=None) -> int:
     if device["status"] != "ok":
         raise RuntimeError(f"JAX did not start: {device.get('error', device['status'])}; see {workdir / 'workers.log'}")
     text = report(rows, device, machine, args)
-    stem = "gpu-quick" if args.quick else "gpu"
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{stem}.md").write_text(text)
-    (args.out / f"{stem}.json").write_text(json.dumps(dict(machine=machine, device=device, rows=rows), indent=1))
-    print(text)
+    common.write_results("gpu-quick" if args.quick else "gpu", text, dict(machine=machine, device=device, rows=rows),
+                         args.out)
     return 1 if any(r["status"] != "ok" for r in rows) else 0
 
 
