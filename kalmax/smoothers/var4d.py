@@ -47,6 +47,7 @@ from ..filters.gaussian_update import innovation_log_likelihood
 from ..filters.var3d import as_background
 from ..history import Save
 from ..linalg import solve_lower
+from ..models.integrators import tangent_linear
 from ..results import RESULTS
 from ..ssm import LinearGaussianSSM, StateSpaceModel, as_state_space_model, n_times
 from .base import AbstractSmoother
@@ -206,9 +207,16 @@ class FourDVar(AbstractFilter, AbstractSmoother):
         def residual(x):  # whitened innovation Gamma^{-1/2} (y - h(x)), zero where missing
             return whiten(jnp.where(mask, target - model.observe(x), 0.0))
 
+        sqrt_background = background.sqrt_mv(jnp.eye(dim, dtype=dtype))  # B^{1/2}, (d, d)
+
+        def move_tangents(pair):  # (x, V) -> (M(x), M'(x) V) for the rows of V, one cycle
+            return tangent_linear(model.dynamics, *pair)
+
         def linearised(w):  # (x, dy, Y, X): forecast, whitened innovation and Jacobians at w
-            x, state_jacobian = jax.linearize(forecast, w)
-            state_matrix = jax.vmap(state_jacobian, in_axes=1, out_axes=1)(jnp.eye(dim, dtype=dtype))
+            # X = M' B^{1/2}: the columns of B^{1/2} moved through the window as tangents
+            x, moved = through_window(move_tangents, (start + background.sqrt_mv(w), sqrt_background.T), state.cycle,
+                                      self.lag)
+            state_matrix = moved.T
             obs_jacobian = jax.jacfwd(model.observe)(x)
             return x, residual(x), whiten((obs_jacobian @ state_matrix).T).T, state_matrix
 

@@ -14,12 +14,15 @@ import jax.numpy as jnp
 
 
 def through_window(move, state, cycle, lag: int):
-    """`state` (at the window's start) moved to the newest state of the window of cycle
-    `cycle` by `move` (one cycle), which has min(cycle + 1, lag) cycles."""
+    """`state` (at the window's start; a pytree of arrays) moved to the newest state of the
+    window of cycle `cycle` by `move` (one cycle), which has min(cycle + 1, lag) cycles."""
     n_active = jnp.minimum(cycle + 1, lag)
 
+    def masked_move(step, v):
+        return jax.tree.map(lambda new, old: jnp.where(step >= lag - n_active, new, old), move(v), v)
+
     def growing(x):
-        return jax.lax.fori_loop(0, lag, lambda step, v: jnp.where(step >= lag - n_active, move(v), v), x)
+        return jax.lax.fori_loop(0, lag, masked_move, x)
 
     def full(x):
         return jax.lax.fori_loop(0, lag, lambda _, v: move(v), x)

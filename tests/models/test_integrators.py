@@ -22,6 +22,7 @@ from kalmax.models import (
     rk4_step,
     trajectory,
 )
+from kalmax.models.integrators import tangent_linear
 
 # A damped rotation dy/dt = A y: exact solution expm(A t) y0.
 A = np.array([[-0.3, 2.0], [-2.0, -0.1]])
@@ -198,6 +199,19 @@ def test_linear_dynamics_maps_an_ensemble_in_one_product():
     dynamics = LinearDynamics(matrix, jnp.arange(4.0))
     members = jax.random.normal(jax.random.key(2), (6, 4))
     np.testing.assert_allclose(dynamics.ensemble(members), jax.vmap(dynamics)(members), rtol=1e-13)
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["ensemble-flow", "plain-function"])
+def test_tangent_linear_equals_the_jacobian(batched):
+    """The batched JVP (directions carried as members) and the vmapped one both give
+    Psi(x) and Psi'(x) t for every row t, as jax.jacfwd does."""
+    flow = Flow(Lorenz96(12, forcing=jnp.linspace(7.0, 9.0, 12)), RK4(0.05, 3))
+    dynamics = flow if batched else (lambda state: flow(state))
+    state = 3.0 * jax.random.normal(jax.random.key(4), (12,)) + 1.0
+    directions = jax.random.normal(jax.random.key(5), (5, 12))
+    moved, images = jax.jit(lambda x, t: tangent_linear(dynamics, x, t))(state, directions)
+    np.testing.assert_allclose(moved, flow(state), rtol=1e-13)
+    np.testing.assert_allclose(images, directions @ jax.jacfwd(flow)(state).T, rtol=1e-11, atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
