@@ -38,7 +38,8 @@ def _integer_at_least(minimum: int):
 # Sweepable hyperparameters: the name passed to `make_method` -> the option that gives values.
 _GRID_OPTIONS = {"inflation": "--inflation", "xb": "--xb", "beta": "--beta", "radius": "--radius", "xn": "--xn"}
 # options that fix a method's structure (not swept), and the methods that take them
-_STRUCTURE_OPTIONS = {"lag": ("--lag", ("enks", "ienks")), "n_iter": ("--n-iter", ("ienks",))}
+_STRUCTURE_OPTIONS = {"lag": ("--lag", ("enks", "ienks")), "n_iter": ("--n-iter", ("ienks",)),
+                      "shift": ("--shift", ("ienks",))}
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,8 @@ def _factory_letkf(setup, args, key):
 
 def _smoother_factory(kind: str):
     """EnKS / IEnKS with the preset's published ETKF settings (size, inflation, rotation);
-    --lag (default: 4 for the EnKS, 1 for the iEnKS, the iEnKF) and --n-iter (default 10)."""
+    --lag (default: 4 for the EnKS, 1 for the iEnKS, the iEnKF), --n-iter (default 10) and
+    --shift (default 1)."""
 
     def factory(setup, args, key):
         from .smoothers.ensemble import EnKS
@@ -182,11 +184,12 @@ def _smoother_factory(kind: str):
         rotate = settings.rotate if getattr(args, "rotate", None) is None else args.rotate
         lag = getattr(args, "lag", None) or (4 if kind == "enks" else 1)
         n_iter = getattr(args, "n_iter", None) or 10
+        shift = getattr(args, "shift", None) or 1
 
         def make(inflation):
             if kind == "enks":
                 return EnKS(size, lag, inflation=inflation, rotate=rotate)
-            return IEnKS(size, lag, n_iter=n_iter, inflation=inflation, rotate=rotate)
+            return IEnKS(size, lag, n_iter=n_iter, inflation=inflation, rotate=rotate, shift=shift)
 
         return make, {"inflation": settings.inflation}
 
@@ -233,8 +236,8 @@ METHODS: dict[str, MethodEntry] = {
     ),
     "ienks": MethodEntry(
         _smoother_factory("ienks"),
-        "IEnKS: iterative ensemble Kalman smoother, --lag cycles (1: the iEnKF), --n-iter Gauss-Newton iterations "
-        "(DAPPER's iEnKS('Sqrt', N, Lag, nIter, infl, rot))",
+        "IEnKS: iterative ensemble Kalman smoother, --lag cycles (1: the iEnKF), --n-iter Gauss-Newton iterations, "
+        "--shift cycles between analyses (DAPPER's iEnKS('Sqrt', N, Lag, nIter, infl, rot))",
     ),
 }
 
@@ -442,6 +445,8 @@ def _add_common(parser: argparse.ArgumentParser, default_method: str) -> None:
                         help="enks, ienks: smoother lag / window length in cycles (default: 4 for enks, 1 for ienks)")
     parser.add_argument("--n-iter", type=_integer_at_least(1), default=None,
                         help="ienks: the most Gauss-Newton iterations per window (default: 10)")
+    parser.add_argument("--shift", type=_integer_at_least(1), default=None,
+                        help="ienks: cycles between analyses, the window's slide, at most --lag (default: 1)")
     parser.add_argument("--climatology-steps", type=_integer_at_least(1), default=10000,
                         help="3dvar: length of the free run for B (default: %(default)s)")
     parser.add_argument("--alpha", type=float, default=1.0, help="ukf: sigma-point spread (default: %(default)s)")

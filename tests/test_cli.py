@@ -148,6 +148,10 @@ def test_sweep_prints_a_table(capsys):
         (["sweep", "--method", "etkf", "--inflation", "0.9", "--cycles", "10", "--burn-in", "2"],
          "make_method(inflation=0.9) failed: `inflation` must be >= 1"),
         (["twin", "--method", "etkf", "--ensemble-size", "1"], "argument --ensemble-size: must be an integer >= 2; got 1"),
+        (["twin", "--method", "etkf", "--shift", "2", "--cycles", "10", "--burn-in", "2"],
+         "--shift does not apply to --method etkf on lorenz96-sakov2008; its options: --inflation"),
+        (["twin", "--method", "ienks", "--lag", "2", "--shift", "3", "--cycles", "10", "--burn-in", "2"],
+         "`shift` must be an integer with 1 <= shift <= lag = 2"),
     ],
 )
 def test_sweep_errors_are_clear(capsys, argv, match):
@@ -222,8 +226,8 @@ def test_twin_figure_labels_every_axis_and_colourbar(kind):
 
 
 def test_twin_and_sweep_run_the_smoothers_and_report_the_smoothed_rmse(capsys):
-    code, out, _ = run_cli(capsys, "twin", "--model", "lorenz63", "--method", "ienks", "--lag", "2", "--n-iter", "3",
-                           "--cycles", "120", "--burn-in", "20")
+    code, out, _ = run_cli(capsys, "twin", "--model", "lorenz63", "--method", "ienks", "--lag", "4", "--shift", "2",
+                           "--n-iter", "3", "--cycles", "120", "--burn-in", "20")
     assert code == 0 and "(IEnKS)" in out
 
     def value(name):

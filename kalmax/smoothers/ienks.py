@@ -3,14 +3,17 @@ cases: the iEnKF (lag 1; Sakov, Oliver & Bertino 2012), EnRML (perturbed observa
 Chen & Oliver 2012) and the multiple-data-assimilation form (MDA; Emerick & Reynolds 2013).
 
 A data-assimilation window (DAW) of L = `lag` cycles runs from the state v_s at its
-start (s = max(0, n + 1 - L)) to the newest observation time, v_{n+1}; each window
-assimilates its newest observation y_{n+1} (the single-assimilation iEnKS, shift 1, as
-DAPPER's `iEnKS`). With the ensemble E_s = x_0 + X_0 at the start (X_0: anomalies, J
-rows), the state is searched as x_0 + w X_0 for weights w (J,), and the cost
+start (s = max(0, n + 1 - L)) to the newest observation time, v_{n+1}. The window is
+analysed every S = `shift` cycles (1 <= S <= L) and assimilates the S observations that
+entered it since the last analysis, y_{n+2-S}..y_{n+1} (the single-assimilation iEnKS of
+Bocquet & Sakov 2014, sec. 2; S = 1 is DAPPER's `iEnKS`, which fixes the shift at 1). With
+the ensemble E_s = x_0 + X_0 at the start (X_0: anomalies, J rows), the state is searched
+as x_0 + w X_0 for weights w (J,), and the cost
 
-    J(w) = (J - 1)/2 |w|^2 + 1/2 |y_{n+1} - h(M_{s->n+1}(x_0 + w X_0))|^2_Gamma
+    J(w) = (J - 1)/2 |w|^2 + 1/2 sum_{k=n+2-S}^{n+1} |y_k - h(M_{s->k}(x_0 + w X_0))|^2_Gamma
 
-is minimised by Gauss-Newton in ensemble space. Each iteration propagates the ensemble
+is minimised by Gauss-Newton in ensemble space: the S observations are stacked into one
+observation vector of S p entries (below, Y and dy are the stacked, whitened ones). Each iteration propagates the ensemble
 x_0 + (w + eps T) X_0 through the window, whitens its observed anomalies Y and
 innovation dy (Gamma^{-1/2}), "de-conditions" them, Y_0 = T^{-1} Y (the sensitivities
 of h o M at the current w), and steps
@@ -35,15 +38,19 @@ primal EnKF-N, an adaptive inflation sqrt((J - 1) / zeta) of the prior.
 
 After the iterations the smoothed start ensemble x_0 + (w + T) X_0 is inflated and
 rotated (DAPPER's `post_process`), its mean is the smoothed estimate of v_s given
-y_1..y_{n+1}, and the window slides by one cycle (the start propagated to v_{s+1}) once
-it is full. The filtered analysis of v_{n+1} is the last forecast plus the linearised
-final increment (dw + T - T_old) X_f (DAPPER's convention: without re-running the model,
-and equal to the EnKF's analysis when n_iter = 1). The model must be perfect (no model
-noise), as in DAPPER.
+y_1..y_{n+1}, and the window slides by S cycles (the start propagated to v_{s+S}) once it
+is full; the states v_s..v_{s+S-1} leave it with their final estimates. The filtered
+analysis of v_{n+1} is the last forecast plus the linearised final increment
+(dw + T - T_old) X_f (DAPPER's convention: without re-running the model, and equal to the
+EnKF's analysis when n_iter = 1). Between analyses (S > 1) the filtered estimate of v_{n+1}
+is the window's forecast from its start, and the observation is kept for the next
+analysis. The model must be perfect (no model noise), as in DAPPER.
 
 The same module runs as a filter (`kx.assimilate`, `kx.twin_experiment`, `kx.sweep`:
 its history holds the filtered analyses) and as a smoother (`kx.smooth`: the smoothed
-means of v_0..v_T at lag L, and the filtered ones).
+means of v_0..v_T at lag L, and the filtered ones). For every shift, `info.lagged_mean[n]`
+is the final estimate of v_{n+1-L} (for S > 1 kept from the analysis at which it left the
+window, within the last S cycles).
 """
 
 from __future__ import annotations
@@ -75,7 +82,7 @@ from ..results import RESULTS
 from ..ssm import n_times
 from .base import AbstractSmoother
 from .ensemble import EnsembleSmootherResult, ensemble_spread, given_ensemble
-from .window import slide, through_window
+from .window import slide, through_window, window_trajectory
 
 BUNDLE_EPS = 1e-4  # DAPPER's and Bocquet & Sakov's bundle scaling
 
@@ -90,11 +97,22 @@ class WindowState(eqx.Module):
             forecast ensemble of the new observation time.
         cycle: the number of cycles done (int32), which sets the window's length while
             it grows from v_0.
+        pending: (S, p) the observations of the window not yet assimilated, NaN where
+            none yet (None for shift 1).
+        recent: (S, J, d) the forecast ensembles of the window's last S times (after
+            `forecast`; None for shift 1).
+        finished_mean: (S, d) the final smoothed means of the states that left the window
+            at the last analysis, v_s..v_{s+S-1} (None for shift 1).
+        finished_spread: (S,) their spreads (None for shift 1).
     """
 
     start: Float[Array, "J d"]
     members: Float[Array, "J d"]
     cycle: Int[Array, ""]
+    pending: Float[Array, "S p"] | None = None
+    recent: Float[Array, "S J d"] | None = None
+    finished_mean: Float[Array, "S d"] | None = None
+    finished_spread: Float[Array, " S"] | None = None
 
     @property
     def mean(self) -> Float[Array, " d"]:
@@ -111,9 +129,11 @@ class IEnKSInfo(eqx.Module):
     Attributes:
         log_likelihood, n_observed, spread, status, nis: as `kx.EnsembleInfo` (the
             log-likelihood and NIS of the first-iteration forecast ensemble).
-        n_iterations: Gauss-Newton iterations done (int32).
+        n_iterations: Gauss-Newton iterations done (int32; 0 in a cycle without an
+            analysis, when shift > 1).
         increment: |dw|^2 / J of the last iteration (convergence when below `wtol`).
-        lagged_mean: (d,) smoothed mean of the window's start v_s (given y up to y_{n+1}).
+        lagged_mean: (d,) the final smoothed mean of v_{n+1-L} (for shift 1 the window's
+            start, given y up to y_{n+1}; rows n < L - 1 are not finished estimates).
         lagged_spread: its spread.
         prior_inflation: sqrt((J - 1) / zeta) of the last iteration, the finite-size
             variant's adaptive inflation (1 without `xN`; DAPPER's `stats.infl`).
@@ -166,8 +186,9 @@ def _rank_pinv(matrix, rank: int):
 
 
 def _center(members):
-    mean = members.mean(axis=0)
-    return members - mean, mean
+    """Anomalies and mean of ensembles (..., J, d) (members on axis -2)."""
+    mean = members.mean(axis=-2)
+    return members - mean[..., None, :], mean
 
 
 class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
@@ -188,6 +209,8 @@ class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
         inflation: applied to the smoothed start ensemble after each window (a number
             is DAPPER's multiplicative `infl`).
         rotate: a random mean-preserving rotation of it (DAPPER's `rot`).
+        shift: S, 1 <= S <= lag, the cycles between analyses and the window's slide
+            (static); each analysis assimilates the S newest observations.
 
     Example:
         >>> ienks = kx.IEnKS(10, lag=2, inflation=1.02, rotate=True)
@@ -205,16 +228,20 @@ class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
     xN: Float[Array, ""] | None
     inflation: AbstractInflation
     rotate: bool = eqx.field(static=True)
+    shift: int = eqx.field(static=True)
 
     stochastic: ClassVar[bool] = True
 
     def __init__(self, ensemble_size: int, lag: int = 1, update: AbstractEnsembleAnalysis | None = None,
                  n_iter: int = 10, wtol=0.0, mda: bool = False, bundle: bool = False, xN=None, inflation=None,
-                 rotate: bool = False):
+                 rotate: bool = False, shift: int = 1):
         if isinstance(ensemble_size, bool) or int(ensemble_size) != ensemble_size or int(ensemble_size) < 2:
             raise ValueError(f"`ensemble_size` must be an integer >= 2; got {ensemble_size}")
         if isinstance(lag, bool) or not isinstance(lag, int) or lag < 1:
             raise ValueError(f"`lag` must be an integer >= 1 (the window length in cycles); got {lag!r}")
+        if isinstance(shift, bool) or not isinstance(shift, int) or not 1 <= shift <= lag:
+            raise ValueError(f"`shift` must be an integer with 1 <= shift <= lag = {lag} (the cycles the window "
+                             f"slides between analyses); got {shift!r}")
         if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1:
             raise ValueError(f"`n_iter` must be an integer >= 1 (Gauss-Newton iterations per window); got {n_iter!r}")
         update = SquareRoot() if update is None else update
@@ -240,6 +267,7 @@ class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
         self.bundle = bool(bundle)
         self.inflation = as_inflation(inflation)
         self.rotate = bool(rotate)
+        self.shift = shift
 
     # -- checks ----------------------------------------------------------------------------
 
@@ -257,18 +285,35 @@ class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
     # -- the window ------------------------------------------------------------------------
 
     def _propagate(self, model, members, cycle):
-        """The ensemble from the window's start through its cycles to the newest state."""
-        return through_window(lambda x: forecast_members(model, x, None), members, cycle, self.lag)
+        """(S, J, d): the ensemble from the window's start through its cycles, at the
+        window's last S times (the last row is the newest state)."""
+        def move(x):
+            return forecast_members(model, x, None)
+
+        if self.shift == 1:
+            return through_window(move, members, cycle, self.lag)[None]
+        return window_trajectory(move, members, cycle, self.lag, self.shift, self.shift)
 
     def _eps(self, dtype):
         return jnp.asarray(BUNDLE_EPS if self.bundle else 1.0, dtype)
 
     # -- the filter contract ---------------------------------------------------------------
 
+    def start_state(self, model, members) -> WindowState:
+        """The state before the first cycle, from the initial ensemble (J, d)."""
+        if self.shift == 1:
+            return WindowState(members, members, jnp.zeros((), jnp.int32))
+        size, dim, dtype = self.shift, members.shape[1], members.dtype
+        n_obs = jax.eval_shape(model.observe, members[0]).shape[0]
+        return WindowState(members, members, jnp.zeros((), jnp.int32),
+                           pending=jnp.full((size, n_obs), jnp.nan, dtype),
+                           recent=jnp.broadcast_to(members, (size, *members.shape)),
+                           finished_mean=jnp.broadcast_to(members.mean(axis=0), (size, dim)),
+                           finished_spread=jnp.broadcast_to(ensemble_spread(members), (size,)))
+
     def init(self, model, key) -> WindowState:
         model = member_model(model, "IEnKS.init")
-        members = initial_members(model, self.ensemble_size, key)
-        return WindowState(members, members, jnp.zeros((), jnp.int32))
+        return self.start_state(model, initial_members(model, self.ensemble_size, key))
 
     def forecast(self, model, state: WindowState, key=None) -> WindowState:
         """The first iteration's forecast: the start ensemble (w = 0, T = I) through the window."""
@@ -278,20 +323,55 @@ class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
         forecast = self._propagate(model, mean + eps * anomalies, state.cycle)
         if self.bundle:
             forecast_anomalies, forecast_mean = _center(forecast)
-            forecast = forecast_mean + forecast_anomalies / eps
-        return WindowState(state.start, forecast, state.cycle)
+            forecast = forecast_mean[..., None, :] + forecast_anomalies / eps
+        if self.shift == 1:
+            return WindowState(state.start, forecast[0], state.cycle)
+        return eqx.tree_at(lambda s: (s.members, s.recent), state, (forecast[-1], forecast))
 
     def analysis(self, model, state: WindowState, y, key=None) -> tuple[WindowState, IEnKSInfo]:
-        """Gauss-Newton (or MDA) iterations on the window ending at y_{n+1}, then the slide."""
+        """Gauss-Newton (or MDA) iterations on the window ending at y_{n+1}, then the slide
+        (every `shift` cycles; in between, the observation is kept for the next analysis)."""
         model = member_model(model, "IEnKS.analysis")
         y = jnp.asarray(y)
+        if self.shift == 1:
+            return self._analyse_window(model, state, y[None], key)
+        slot = state.cycle % self.shift
+        state = eqx.tree_at(lambda s: s.pending, state, state.pending.at[slot].set(y))
+        return jax.lax.cond(slot == self.shift - 1, lambda: self._analyse_window(model, state, state.pending, key),
+                            lambda: self._wait(model, state, y))
+
+    def _finished_row(self, cycle, last_analysis):
+        """The row of `finished_mean` holding v_{n+1-L} at cycle n after the analysis of cycle
+        `last_analysis` (whose window started at v_max(0, last_analysis + 1 - L))."""
+        row = cycle + 1 - self.lag - jnp.maximum(0, last_analysis + 1 - self.lag)
+        return jnp.clip(row, 0, self.shift - 1)
+
+    def _wait(self, model, state: WindowState, y) -> tuple[WindowState, IEnKSInfo]:
+        """A cycle without an analysis (shift > 1): the forecast stands, y waits in `pending`."""
+        members = state.members
+        dtype = members.dtype
+        first = ensemble_space(Ensemble(members), jax.vmap(model.observe)(members), y, model.obs_cov)
+        spread = ensemble_spread(members)
+        row = self._finished_row(state.cycle, state.cycle - (state.cycle + 1) % self.shift)
+        info = IEnKSInfo(
+            log_likelihood=first.log_likelihood, n_observed=jnp.sum(jnp.isfinite(y)).astype(jnp.int32),
+            spread=spread, status=ensemble_status(members, spread), nis=first.nis,
+            n_iterations=jnp.zeros((), jnp.int32), increment=jnp.zeros((), dtype),
+            lagged_mean=state.finished_mean[row], lagged_spread=state.finished_spread[row],
+            prior_inflation=jnp.ones((), dtype),
+        )
+        return eqx.tree_at(lambda s: s.cycle, state, state.cycle + 1), info
+
+    def _analyse_window(self, model, state: WindowState, window_ys, key) -> tuple[WindowState, IEnKSInfo]:
+        """The Gauss-Newton (or MDA) iterations on the window's S observations `window_ys` (S, p)."""
+        y = window_ys.reshape(-1)  # stacked: y_{n+2-S}..y_{n+1}
         size = self.ensemble_size
         dtype = state.start.dtype
         ridge = jnp.asarray(size - 1, dtype)
         eps = self._eps(dtype)
         identity = jnp.eye(size, dtype=dtype)
-        mask = jnp.isfinite(y)
-        whiten, _ = whitener(model.obs_cov, mask)
+        masks = jnp.isfinite(window_ys)
+        mask = masks.reshape(-1)
         start_anomalies, start_mean = _center(state.start)
         key_noise, key_post, key_rot = (None,) * 3 if key is None else tuple(jax.random.split(key, 3))
         perturbed = isinstance(self.update, PerturbedObservations)
@@ -299,14 +379,21 @@ class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
             raise ValueError("IEnKS with PerturbedObservations (EnRML) draws perturbations: a `key` is required")
         noise_keys = None if key_noise is None else jax.random.split(key_noise, self.n_iter)
 
-        def observe_whitened(forecast):
+        def observe_whitened_one(forecast, y_k, mask_k):
+            whiten, _ = whitener(model.obs_cov, mask_k)
             observed = jax.vmap(model.observe)(forecast)
             if self.bundle:
                 obs_anomalies, obs_mean = _center(observed)
                 observed = obs_mean + obs_anomalies / eps
             obs_anomalies, obs_mean = _center(observed)
-            innovation = whiten(jnp.where(mask, y - obs_mean, 0.0))
+            innovation = whiten(jnp.where(mask_k, y_k - obs_mean, 0.0))
             return whiten(obs_anomalies), innovation
+
+        def observe_whitened(trajectory):  # (S, J, d) -> Y (J, S p), dy (S p)
+            if self.shift == 1:
+                return observe_whitened_one(trajectory[0], window_ys[0], masks[0])
+            obs_anomalies, innovation = jax.vmap(observe_whitened_one)(trajectory, window_ys, masks)
+            return jnp.moveaxis(obs_anomalies, 0, 1).reshape(size, -1), innovation.reshape(-1)
 
         def perturbations(index):
             shape = (size, y.shape[0])
@@ -370,7 +457,11 @@ class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
         forecast_anomalies, first_mean = _center(forecast_first)
         noise0 = jnp.zeros((size, y.shape[0]), dtype)
         carry = (jnp.zeros(size, dtype), identity, identity, noise0, ridge)
-        scaled_first = first_mean + eps * forecast_anomalies if self.bundle else forecast_first
+        trajectory_first = state.members[None] if self.shift == 1 else state.recent
+        if self.bundle:
+            anomalies_first, means_first = _center(trajectory_first)
+            trajectory_first = means_first[..., None, :] + eps * anomalies_first
+        scaled_first = trajectory_first
         carry, dw = step(carry, 0, scaled_first)
         converged = dw @ dw < self.wtol * size
         loop = (carry, dw, identity, scaled_first, converged, jnp.ones((), jnp.int32))
@@ -392,7 +483,7 @@ class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
         prior_inflation = jnp.sqrt(ridge * (self.n_iter if self.mda else 1) / za)
 
         # the filtered analysis: the last forecast plus the linearised final increment
-        analysis = unscaled(forecast) + (dw[None, :] + transform - transform_old) @ forecast_anomalies
+        analysis = unscaled(forecast[-1]) + (dw[None, :] + transform - transform_old) @ forecast_anomalies
         smoothed = start_mean + (w[None, :] + transform) @ start_anomalies
         smoothed = self.inflation.posterior(Ensemble(state.start), Ensemble(smoothed), key_post).members
         if self.rotate:
@@ -402,18 +493,41 @@ class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
             anomalies, mean = _center(smoothed)
             smoothed = mean + rotation @ anomalies
 
-        first = ensemble_space(Ensemble(forecast_first), jax.vmap(model.observe)(forecast_first), y, model.obs_cov)
+        newest_y = window_ys[-1]
+        first = ensemble_space(Ensemble(forecast_first), jax.vmap(model.observe)(forecast_first), newest_y,
+                               model.obs_cov)
         spread = ensemble_spread(analysis)
         status = ensemble_status(analysis, spread)
         status = jnp.where(jnp.all(jnp.isfinite(smoothed)), status, RESULTS.NON_FINITE).astype(jnp.int32)
+        if self.shift == 1:
+            lagged_mean, lagged_spread = smoothed.mean(axis=0), ensemble_spread(smoothed)
+            next_state = WindowState(slide(lambda x: forecast_members(model, x, None), smoothed, state.cycle, self.lag),
+                                     analysis, state.cycle + 1)
+        else:
+            next_start, finished_mean, finished_spread = self._slide(model, smoothed, state.cycle)
+            row = self._finished_row(state.cycle, state.cycle)
+            lagged_mean, lagged_spread = finished_mean[row], finished_spread[row]
+            next_state = WindowState(next_start, analysis, state.cycle + 1, pending=jnp.full_like(state.pending, jnp.nan),
+                                     recent=state.recent, finished_mean=finished_mean, finished_spread=finished_spread)
         info = IEnKSInfo(
-            log_likelihood=first.log_likelihood, n_observed=jnp.sum(mask).astype(jnp.int32), spread=spread,
-            status=status, nis=first.nis, n_iterations=count, increment=dw @ dw / size,
-            lagged_mean=smoothed.mean(axis=0), lagged_spread=ensemble_spread(smoothed),
-            prior_inflation=prior_inflation,
+            log_likelihood=first.log_likelihood, n_observed=jnp.sum(jnp.isfinite(newest_y)).astype(jnp.int32),
+            spread=spread, status=status, nis=first.nis, n_iterations=count, increment=dw @ dw / size,
+            lagged_mean=lagged_mean, lagged_spread=lagged_spread, prior_inflation=prior_inflation,
         )
-        next_start = slide(lambda x: forecast_members(model, x, None), smoothed, state.cycle, self.lag)
-        return WindowState(next_start, analysis, state.cycle + 1), info
+        return next_state, info
+
+    def _slide(self, model, smoothed, cycle):
+        """The smoothed start v_s moved to the next window's start v_{s'},
+        s' = max(0, n + 1 + S - L), and the means and spreads of v_s..v_{s+S-1} on the way
+        (the states leaving the window: the first s' - s rows)."""
+        n_move = jnp.maximum(0, cycle + 1 + self.shift - self.lag) - jnp.maximum(0, cycle + 1 - self.lag)
+
+        def step(members, index):
+            moved = forecast_members(model, members, None)
+            return jnp.where(index < n_move, moved, members), (members.mean(axis=0), ensemble_spread(members))
+
+        next_start, (means, spreads) = jax.lax.scan(step, smoothed, jnp.arange(self.shift, dtype=jnp.int32))
+        return next_start, means, spreads
 
     def _zeta(self, y0, w, ridge):
         """The finite-size prior weight zeta = (J - 1) c_L / (e_N + |w|^2) (DAPPER's `zeta_a`)
@@ -428,25 +542,36 @@ class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
 
     def run(self, model, ys, key=None, init_state=None) -> EnsembleSmootherResult:
         """Filtered and smoothed means: `mean[n]` is v_{n+1} given all of y_1..y_T within the
-        lag (the last L states: the final window's smoothed start propagated forward)."""
+        lag (the last states: the final window's smoothed start propagated forward). With a
+        shift S that does not divide T, the run continues to the next multiple of S with
+        missing observations, so that the last observations are assimilated too."""
         model = member_model(model, "IEnKS")
         first = given_ensemble(init_state, self.ensemble_size, model)
-        start = None if first is None else WindowState(first.members, first.members, jnp.zeros((), jnp.int32))
-        final, filtered = assimilate(model, self, ys, key, save=Save(), throw=False, init_state=start)
+        start = None if first is None else self.start_state(model, first.members)
         n_cycles = ys.shape[0]
-        # lagged_mean[n] is v_{max(0, n + 1 - L)}: v_0..v_{T-L} from the rows n >= L - 1
-        from_windows = filtered.info.lagged_mean[self.lag - 1:]
-        spreads = filtered.info.lagged_spread[self.lag - 1:]
-        n_rest = n_cycles - max(0, n_cycles - self.lag + 1)  # v_{s_final}..v_T after the start
+        n_run = -(-n_cycles // self.shift) * self.shift
+        if n_run > n_cycles:
+            ys = jnp.concatenate([ys, jnp.full((n_run - n_cycles, ys.shape[1]), jnp.nan, ys.dtype)], axis=0)
+        final, filtered = assimilate(model, self, ys, key, save=Save(), throw=False, init_state=start)
+        # lagged_mean[n] is the final estimate of v_{n+1-L}: v_0..v_{T'-L} from the rows n >= L - 1
+        means, spreads = [filtered.info.lagged_mean[self.lag - 1:]], [filtered.info.lagged_spread[self.lag - 1:]]
+        next_state = max(0, n_run - self.lag + 1)
+        final_start = max(0, n_run + self.shift - self.lag)  # where the window would start next
+        if final_start > next_state:  # left the window at the last analysis (shift > 1): its rows
+            window_start = max(0, n_run - self.lag)
+            rows = slice(next_state - window_start, final_start - window_start)
+            means.append(final.finished_mean[rows])
+            spreads.append(final.finished_spread[rows])
 
         def forward(members, _):
             moved = forecast_members(model, members, None)
             return moved, (moved.mean(axis=0), ensemble_spread(moved))
 
-        _, (rest_means, rest_spreads) = jax.lax.scan(forward, final.start, None, length=n_rest)
-        # v_0..v_{T-L} from the windows, then the final start v_{max(0, T-L+1)} and its propagation
-        means = jnp.concatenate([from_windows, final.start.mean(axis=0)[None], rest_means], axis=0)
-        spreads = jnp.concatenate([spreads, ensemble_spread(final.start)[None], rest_spreads], axis=0)
+        _, (rest_means, rest_spreads) = jax.lax.scan(forward, final.start, None, length=n_run - final_start)
+        means = jnp.concatenate([*means, final.start.mean(axis=0)[None], rest_means], axis=0)[: n_cycles + 1]
+        spreads = jnp.concatenate([*spreads, ensemble_spread(final.start)[None], rest_spreads], axis=0)[: n_cycles + 1]
+        if n_run > n_cycles:
+            filtered = jax.tree.map(lambda leaf: leaf[:n_cycles], filtered)
         return EnsembleSmootherResult(
             mean=means[1:], spread=spreads[1:], init_mean=means[0], filtered=filtered,
             log_likelihood=jnp.sum(filtered.info.log_likelihood),

@@ -2,9 +2,9 @@
 
 A window of L = `lag` cycles ends at the newest observation time v_{n+1} and starts at
 v_s, s = max(0, n + 1 - L): while the run is shorter than the window it grows from v_0,
-then it slides by one cycle after each analysis (shift 1, as DAPPER's iEnKS and Var4D).
-Shapes stay static: a window always takes L steps, the first L - min(n + 1, L) of them
-the identity.
+then it slides by S = `shift` cycles after each analysis (shift 1, as DAPPER's iEnKS and
+Var4D: one analysis per cycle; shift S: one analysis every S cycles). Shapes stay static:
+a window always takes L steps, the first L - min(n + 1, L) of them the identity.
 """
 
 from __future__ import annotations
@@ -13,10 +13,18 @@ import jax
 import jax.numpy as jnp
 
 
-def through_window(move, state, cycle, lag: int):
-    """`state` (at the window's start; a pytree of arrays) moved to the newest state of the
-    window of cycle `cycle` by `move` (one cycle), which has min(cycle + 1, lag) cycles."""
-    n_active = jnp.minimum(cycle + 1, lag)
+def active_cycles(cycle, lag: int, shift: int = 1):
+    """The cycles from the window's start to v_{n+1} at cycle n = `cycle`: the start is that of
+    the window of the next analysis (cycle n' >= n with (n' + 1) % shift == 0), v_max(0, n' + 1 - lag);
+    min(n + 1, lag) for shift 1."""
+    next_analysis = cycle + (shift - 1 - cycle % shift)
+    return cycle + 1 - jnp.maximum(0, next_analysis + 1 - lag)
+
+
+def through_window(move, state, cycle, lag: int, shift: int = 1):
+    """`state` (at the window's start; a pytree of arrays) moved to the newest state v_{n+1}
+    of cycle n = `cycle` by `move` (one cycle), `active_cycles` steps."""
+    n_active = active_cycles(cycle, lag, shift)
 
     def masked_move(step, v):
         return jax.tree.map(lambda new, old: jnp.where(step >= lag - n_active, new, old), move(v), v)
@@ -28,7 +36,26 @@ def through_window(move, state, cycle, lag: int):
         return jax.lax.fori_loop(0, lag, lambda _, v: move(v), x)
 
     # the full window without the mask: its reverse mode measured 1.5-2x cheaper
-    return jax.lax.cond(cycle + 1 >= lag, full, growing, state)
+    return jax.lax.cond(n_active >= lag, full, growing, state)
+
+
+def window_trajectory(move, state, cycle, lag: int, keep: int, shift: int = 1):
+    """(keep, ...): `state` moved through the window of cycle `cycle` as `through_window`
+    does, and its values at the window's last `keep` times (oldest first; the last row is
+    the newest state)."""
+    n_active = active_cycles(cycle, lag, shift)
+
+    def run(masked):
+        def body(v, step):
+            moved = move(v)
+            if masked:
+                moved = jax.tree.map(lambda new, old: jnp.where(step >= lag - n_active, new, old), moved, v)
+            return moved, moved
+
+        _, states = jax.lax.scan(body, state, jnp.arange(lag, dtype=jnp.int32))
+        return jax.tree.map(lambda x: x[lag - keep:], states)
+
+    return jax.lax.cond(n_active >= lag, lambda: run(False), lambda: run(True))
 
 
 def slide(move, start, cycle, lag: int):
@@ -36,4 +63,4 @@ def slide(move, start, cycle, lag: int):
     return jnp.where(cycle + 1 >= lag, move(start), start)
 
 
-__all__ = ["slide", "through_window"]
+__all__ = ["active_cycles", "slide", "through_window", "window_trajectory"]
