@@ -241,6 +241,43 @@ def dapper_raanes(job) -> dict:
                 da_method=repr(xp), rmse_a=float(avrgs.a.val), rmse_s=float(avrgs.s.val), rmse_u=float(avrgs.u.val))
 
 
+UNIVERSAL_LAGS = (1, 2)
+
+
+def dapper_universal(job) -> dict:
+    """DAPPER's iEnKS('Sqrt', N=10, Lag, nIter=10, infl=1.02) on its Lorenz-63 sakov2012 set-up
+    (25 model steps per observation) with its universal statistics stored: the estimate at
+    every model step (mu.u), for kalmax's rmse.u to be compared on the same data."""
+    dpr = _dapper()
+    import dapper.da_methods as da
+    import dapper.stats
+
+    dapper.stats.Stats.__init__.__defaults__ = (False, True)  # store_u (see dapper_raanes)
+    hmm = _dapper_hmm("l63", job["ko"])
+    dpr.set_seed(job["seed"])
+    xx, yy = hmm.simulate()
+    yy = np.stack(yy).astype(float)
+    original, out = hmm.X0.sample, {}
+    for lag in UNIVERSAL_LAGS:
+        captured = {}
+
+        def sample(N, captured=captured):
+            E = original(N)
+            captured["E0"] = np.array(E, copy=True)
+            return E
+
+        hmm.X0.sample = sample
+        dpr.set_seed(job["seed"] + lag)
+        xp = da.iEnKS("Sqrt", N=10, Lag=lag, nIter=10, infl=1.02)
+        xp.assimilate(hmm, xx, yy)
+        xp.stats.average_in_time()
+        np.savez(Path(job["workdir"]) / f"universal-lag{lag}.npz", xx=xx, yy=yy, E0=captured["E0"],
+                 mu_u=np.array(xp.stats.mu.u), kko=hmm.tseq.kko, dko=hmm.tseq.dko)
+        out[f"lag{lag}"] = dict(rmse_u=float(xp.avrgs.rmse.u.val), rmse_s=float(xp.avrgs.rmse.s.val))
+    hmm.X0.sample = original
+    return dict(cycles=int(yy.shape[0]), steps_per_cycle=int(hmm.tseq.dko), **out)
+
+
 def dapper_var4d(job) -> dict:
     """DAPPER's Var4D (Bocquet & Sakov 2013 Fig. 4 set-up) as its users run it, and bare."""
     dpr = _dapper()
@@ -430,6 +467,38 @@ def kalmax_reproduce(job) -> dict:
                 max_diff_smoothed=float(np.nanmax(np.abs(np.asarray(mean_s) - data["mu_s"]))))  # fmt: skip
 
 
+def kalmax_universal(job) -> dict:
+    """kalmax's universal rmse (`twin_experiment(..., universal=True)`'s per-cycle score) on
+    DAPPER's data and initial ensembles of `dapper_universal`, against DAPPER's mu.u averaged
+    over the same model steps."""
+    import jax
+    import jax.numpy as jnp
+
+    import kalmax as kx
+    from kalmax.experiments import run_scored, universal_scores
+    from kalmax.presets import lorenz63_sakov2012
+
+    out = {}
+    for lag in UNIVERSAL_LAGS:
+        data = np.load(Path(job["workdir"]) / f"universal-lag{lag}.npz")
+        xx, kko, dko = data["xx"], data["kko"], int(data["dko"])
+        ys = jnp.asarray(data["yy"])
+        model = lorenz63_sakov2012(ys.shape[0]).model
+        truth = jnp.asarray(np.concatenate([xx[:1], xx[kko]]))
+        method = kx.IEnKS(10, lag, n_iter=10, inflation=1.02)
+        start = method.start_state(model, jnp.asarray(data["E0"]))
+        _, cycles = run_scored(model, method, truth, ys, jax.random.key(0), init_state=start,
+                               universal=universal_scores(model, method, truth, 0, lag))
+        ours = np.asarray(cycles.rmse_universal)
+        per_step = np.sqrt(np.mean((data["mu_u"] - xx) ** 2, axis=1))
+        first = np.arange(ys.shape[0]) + 1 - lag  # row n follows v_{n+1-lag} through its interval
+        rows = first >= 0
+        theirs = np.array([per_step[k * dko:(k + 1) * dko].mean() for k in first[rows]])
+        out[f"lag{lag}"] = dict(max_diff_interval=float(np.max(np.abs(ours[rows] - theirs))),
+                                rmse_u=float(ours[rows].mean()), rmse_u_dapper_same_steps=float(theirs.mean()))
+    return out
+
+
 def _lorenz96(dt: float, steps: int):
     """DAPPER's sakov2008 Lorenz-96 (kalmax's preset) with `steps` RK4 steps of `dt` per cycle."""
     import kalmax as kx
@@ -579,7 +648,8 @@ def kalmax_gradient_cost(job) -> dict:
 
 JOBS = {"dapper_reference": dapper_reference, "kalmax_reproduce": kalmax_reproduce, "kalmax_accuracy": kalmax_accuracy,
         "dapper_var4d": dapper_var4d, "kalmax_var4d": kalmax_var4d, "kalmax_gradient_cost": kalmax_gradient_cost,
-        "dapper_raanes": dapper_raanes, "kalmax_raanes": kalmax_raanes}
+        "dapper_raanes": dapper_raanes, "kalmax_raanes": kalmax_raanes, "dapper_universal": dapper_universal,
+        "kalmax_universal": kalmax_universal}
 
 
 # ======================================================================================
@@ -606,6 +676,25 @@ def report(results: dict, args, machine: dict) -> str:
                      str(ref["cycles"]), "pass" if worst <= 1e-8 else "FAIL"])
     lines.append(common.markdown_table(["DAPPER method", "max diff analysis", "max diff smoothed", "cycles",
                                         "target 1e-8"], rows))
+    lines.append("")
+    lines.append("### Universal scores (rmse.u) beside DAPPER's on the same data")
+    lines.append("")
+    lines.append("DAPPER's Lorenz-63 sakov2012 set-up (25 model steps between observations), its iEnKS('Sqrt', N=10, "
+                 "Lag, nIter=10, infl=1.02) with its universal statistics stored (mu.u at every model step). kalmax "
+                 "assimilates the same observations from the same initial ensemble and scores "
+                 "`twin_experiment(..., universal=True)`'s rmse.u: the finished smoothed ensemble moved through the 25 "
+                 "steps of each interval. Per interval: the mean over its steps of the rmse; the averages are over "
+                 "the same intervals.")
+    lines.append("")
+    ref, ours = results.get("dapper-universal", {}), results.get("kalmax-universal", {})
+    rows = []
+    if ref.get("status") == "ok" and ours.get("status") == "ok":
+        for lag in UNIVERSAL_LAGS:
+            key = f"lag{lag}"
+            rows.append([f"iEnKS Lag={lag}", f"{ref[key]['rmse_u']:.4f}", f"{ours[key]['rmse_u_dapper_same_steps']:.4f}",
+                         f"{ours[key]['rmse_u']:.4f}", f"{ours[key]['max_diff_interval']:.1e}", str(ref["cycles"])])
+    lines.append(common.markdown_table(["DAPPER method", "DAPPER rmse.u (its averaging)", "DAPPER rmse.u (same intervals)",
+                                        "kalmax rmse.u", "max diff per interval", "cycles"], rows))
     lines.append("")
     lines.append("## 2. Accuracy against DAPPER's listed scores (rmse.a, kalmax only)")
     lines.append("")
@@ -760,6 +849,9 @@ def main() -> None:
                           repeats=args.repeats)
         dapper_jobs.append(dict(common_job, id=f"dapper-raanes-{method}", kind="dapper_raanes"))
         kalmax_jobs.append(dict(common_job, id=f"kalmax-raanes-{method}", kind="kalmax_raanes"))
+    universal_job = dict(ko=args.ko_l63 // 5, seed=13, workdir=str(workdir))
+    dapper_jobs.append(dict(universal_job, id="dapper-universal", kind="dapper_universal"))
+    kalmax_jobs.append(dict(universal_job, id="kalmax-universal", kind="kalmax_universal"))
     print("DAPPER runs", flush=True)
     results.update(common.run_group(SCRIPT, wanted(dapper_jobs), env, 3600, workdir, progress, "dapper"))
     print("kalmax runs", flush=True)

@@ -367,7 +367,7 @@ def _cmd_twin(args) -> int:
     started = time.perf_counter()
     result = twin_experiment(
         setup.model, method, setup.n_cycles, key_run, burn_in=burn_in,
-        chunk_size=chunk, progress=_progress_bar(sys.stderr) if chunk else None,
+        chunk_size=chunk, progress=_progress_bar(sys.stderr) if chunk else None, universal=args.universal,
     )
     elapsed = time.perf_counter() - started
     print(result.stats.table(f"time-averaged over cycles {burn_in}..{setup.n_cycles - 1} ({elapsed:.1f} s)"))
@@ -412,7 +412,7 @@ def _cmd_sweep(args) -> int:
     result = sweep(
         setup.model, make_method, setup.n_cycles, key_run, grid=grid, n_seeds=args.seeds, burn_in=burn_in,
         vectorize=not args.sequential, batch_size=args.batch_size,
-        progress=_progress_bar(sys.stderr, "runs") if sys.stderr.isatty() else False,
+        progress=_progress_bar(sys.stderr, "runs") if sys.stderr.isatty() else False, universal=args.universal,
     )
     result.rmse_analysis.block_until_ready()
     elapsed = time.perf_counter() - started
@@ -447,6 +447,9 @@ def _add_common(parser: argparse.ArgumentParser, default_method: str) -> None:
                         help="ienks: the most Gauss-Newton iterations per window (default: 10)")
     parser.add_argument("--shift", type=_integer_at_least(1), default=None,
                         help="ienks: cycles between analyses, the window's slide, at most --lag (default: 1)")
+    parser.add_argument("--universal", action="store_true",
+                        help="also score DAPPER's universal rmse (rmse.u): the analysis, or a smoother's finished "
+                             "estimate, at every model time step between observations")
     parser.add_argument("--climatology-steps", type=_integer_at_least(1), default=10000,
                         help="3dvar: length of the free run for B (default: %(default)s)")
     parser.add_argument("--alpha", type=float, default=1.0, help="ukf: sigma-point spread (default: %(default)s)")

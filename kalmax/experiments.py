@@ -22,7 +22,8 @@ from .assimilate import assimilate, check_status
 from .simulate import simulate
 from .gaussian import Gaussian, SqrtGaussian
 from .results import RESULTS, DivergenceError
-from .ssm import StateSpaceModel
+from .models.integrators import AbstractEnsembleDynamics, substeps
+from .ssm import StateSpaceModel, as_state_space_model
 
 
 # -- scoring inside the scan ------------------------------------------------------------
@@ -53,6 +54,9 @@ class CycleScores(eqx.Module):
         rank_counts: (J + 1,) rank histogram counts of the truth among the members (ensembles).
         mean: (dx,) analysis mean, when kept.
         info: the method's `Info`.
+        rmse_universal: with universal scores, the rmse of the method's finished estimate
+            (`finished_estimate`) moved through the model's time steps of the next
+            interval, averaged over those steps (see `universal_rmse`); else None.
     """
 
     rmse_analysis: Float[Array, ""]
@@ -63,6 +67,52 @@ class CycleScores(eqx.Module):
     rank_counts: Int[Array, " J1"] | None
     mean: Float[Array, " dx"] | None
     info: object
+    rmse_universal: Float[Array, ""] | None = None
+
+
+def universal_rmse(step, n_steps: int, estimate, true_state) -> Float[Array, ""]:
+    """The mean over j = 0..n_steps-1 of rmse(estimate moved j model steps, truth moved j
+    steps): DAPPER's universal ("u") statistics, taken at every model time step rather than
+    at the observation times only. `estimate` has a `mean` (moved as a point, e.g. a Kalman
+    filter's mean forecast) or `members` (each member moved; the rmse of their mean);
+    `step` is one model time step (`kalmax.models.integrators.substeps`). The truth between
+    observation times is the deterministic flow from `true_state` (model noise enters at
+    the end of an interval)."""
+    members = estimate.members if hasattr(estimate, "members") else None
+    moving = estimate.mean if members is None else members
+
+    def move(state):
+        if members is None:
+            return step(state)
+        return step.ensemble(state) if isinstance(step, AbstractEnsembleDynamics) else jax.vmap(step)(state)
+
+    def body(carry, _):
+        state, truth = carry
+        mean = state if members is None else state.mean(axis=0)
+        return (move(state), step(truth)), metrics.rmse(mean, truth)
+
+    _, errors = jax.lax.scan(body, (moving, true_state), None, length=n_steps)
+    return jnp.mean(errors)
+
+
+class UniversalScores(eqx.Module):
+    """What the universal scores of a twin experiment need (see `universal_rmse`).
+
+    Attributes:
+        step: one model time step (`kalmax.models.integrators.substeps`).
+        n_steps: model time steps per observation interval (static).
+        finished_estimate: the method's `finished_estimate` (a bound method).
+        truths: (T, dx) the true state of each cycle's finished estimate: v_{n+1} for a
+            filter, v_{n+1-lag} for a smoother (v_0 for the rows before).
+    """
+
+    step: object
+    n_steps: int = eqx.field(static=True)
+    finished_estimate: Callable
+    truths: Float[Array, "T dx"]
+
+    def __call__(self, analysis, cycle) -> Float[Array, ""]:
+        return universal_rmse(self.step, self.n_steps, self.finished_estimate(analysis), self.truths[cycle])
 
 
 class ScoreAgainstTruth(eqx.Module):
@@ -73,11 +123,13 @@ class ScoreAgainstTruth(eqx.Module):
         keep_mean: also keep the analysis means (T, dx) (for plots).
         distribution_scores: also score the CRPS and the rank histogram (a sweep
             keeps the rmse and spread only).
+        universal: None, or the `UniversalScores` to take per cycle.
     """
 
     truth: Float[Array, "T1 dx"]
     keep_mean: bool = eqx.field(static=True, default=True)
     distribution_scores: bool = eqx.field(static=True, default=True)
+    universal: UniversalScores | None = None
 
     def __call__(self, forecast, analysis, info, cycle) -> CycleScores:
         true_state = self.truth[cycle + 1]
@@ -101,6 +153,7 @@ class ScoreAgainstTruth(eqx.Module):
             rank_counts=counts,
             mean=analysis.mean if self.keep_mean else None,
             info=info,
+            rmse_universal=None if self.universal is None else self.universal(analysis, cycle),
         )
 
 
@@ -131,6 +184,7 @@ class TwinStats(eqx.Module):
     nis_ratio: Float[Array, ""] | None = None
     rmse_smoothed: Float[Array, ""] | None = None
     spread_smoothed: Float[Array, ""] | None = None
+    rmse_universal: Float[Array, ""] | None = None
 
     @property
     def diverged(self):
@@ -157,6 +211,7 @@ class TwinStats(eqx.Module):
             ("NIS / observed", self.nis_ratio),
             ("smoothed rmse", self.rmse_smoothed),
             ("smoothed spread", self.spread_smoothed),
+            ("universal rmse", self.rmse_universal),
         ]
         width = max(len(name) for name, _ in rows)
         lines = [title] if title else []
@@ -221,6 +276,18 @@ def smoothed_averages(info, truth, lag: int | None, burn_in: int):
     return rmse, None if spread is None else jnp.mean(spread[rows])
 
 
+def universal_average(cycles: CycleScores, lag: int | None, burn_in: int):
+    """DAPPER's rmse.u: the per-cycle universal rmse averaged over the intervals after the
+    burn-in (cycles n >= burn_in, and n >= lag + burn_in for a smoother, whose row n
+    follows v_{n+1-lag}); None without universal scores."""
+    if cycles.rmse_universal is None:
+        return None
+    first = burn_in + (lag or 0)
+    if first >= cycles.rmse_universal.shape[0]:
+        return None
+    return jnp.mean(cycles.rmse_universal[first:])
+
+
 def time_averages(cycles: CycleScores, burn_in: int, truth=None, lag: int | None = None) -> TwinStats:
     """The `TwinStats` of per-cycle scores: averages over the cycles n >= burn_in; with the
     `truth` (T + 1, dx) and a smoother's `lag`, also the smoothed scores."""
@@ -236,6 +303,7 @@ def time_averages(cycles: CycleScores, burn_in: int, truth=None, lag: int | None
         nis_ratio=nis_ratio(cycles.info, burn_in),
         rmse_smoothed=rmse_smoothed,
         spread_smoothed=spread_smoothed,
+        rmse_universal=universal_average(cycles, lag, burn_in),
     )
 
 
@@ -287,12 +355,26 @@ def twin_keys(key: PRNGKeyArray, n_chunks: int = 1):
     return key_truth, jax.random.split(key_method, n_chunks)
 
 
+def universal_scores(model, method, truth, first_cycle: int = 0, lag: int | None = None) -> UniversalScores:
+    """The `UniversalScores` of `method` on `model` for the cycles first_cycle..T-1 of a run
+    whose truth up to v_T is `truth`: the model split into its time steps, and the true state
+    of each cycle's finished estimate (v_{n+1}, or v_{n+1-lag} for a smoother's `lag`)."""
+    model = model if isinstance(model, StateSpaceModel) else as_state_space_model(model)
+    step, n_steps = substeps(model.dynamics)
+    lag = lag or 0
+    n_cycles = truth.shape[0] - 1 - first_cycle
+    rows = np.clip(np.arange(first_cycle, first_cycle + n_cycles) + 1 - lag, 0, None)
+    return UniversalScores(step, n_steps, method.finished_estimate, truth[rows])
+
+
 def run_scored(model, method, truth, ys, key, *, keep_mean: bool = True, distribution_scores: bool = True,
-               init_state=None):
+               init_state=None, universal: UniversalScores | None = None):
     """One assimilation of `ys` scored cycle by cycle against `truth` (T + 1, dx): the core
     of `twin_experiment` (per chunk of cycles) and of `sweep` (vmapped over settings and
-    seeds). Returns (final state, `CycleScores`); failures are left in the scores' status."""
-    saver = ScoreAgainstTruth(truth, keep_mean=keep_mean, distribution_scores=distribution_scores)
+    seeds); `universal` adds the universal scores. Returns (final state, `CycleScores`);
+    failures are left in the scores' status."""
+    saver = ScoreAgainstTruth(truth, keep_mean=keep_mean, distribution_scores=distribution_scores,
+                              universal=universal)
     return assimilate(model, method, ys, key if method.stochastic else None, save=saver, throw=False,
                       init_state=init_state)
 
@@ -310,6 +392,7 @@ def twin_experiment(
     throw: bool = True,
     chunk_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    universal: bool = False,
 ) -> TwinResult:
     """Simulate a truth and data from `model`, assimilate them with `method`, score.
 
@@ -329,6 +412,10 @@ def twin_experiment(
             function for every full chunk), calling `progress(done, total)` after
             each; None runs one scan.
         progress: callback for chunked runs (the `kalmax` command draws a bar).
+        universal: also score DAPPER's universal rmse (`stats.rmse_universal`, rmse.u):
+            the finished estimate (the analysis, or a smoother's smoothed estimate)
+            moved through every model time step of the next interval, against the truth
+            there (`universal_rmse`). Costs about one more forecast per cycle.
 
     Returns:
         A `TwinResult`; `result.stats.table()` prints the averages.
@@ -349,12 +436,14 @@ def twin_experiment(
             )
         if ys.shape[0] != n_cycles:
             raise ValueError(f"`ys` must have {n_cycles} rows; got {ys.shape[0]}")
+    lag = getattr(method, "lag", None)
     state, pieces = None, []
     for index, start in enumerate(range(0, n_cycles, chunk)):
         stop = min(start + chunk, n_cycles)
         state, scores = run_scored(
             model, method, truth[start : stop + 1], ys[start:stop], chunk_keys[index], keep_mean=keep_mean,
             init_state=state,
+            universal=universal_scores(model, method, truth[: stop + 1], start, lag) if universal else None,
         )
         pieces.append(scores)
         if progress is not None:
@@ -365,7 +454,6 @@ def twin_experiment(
     )
     if throw:
         cycles = check_status(cycles, type(method).__name__)
-    lag = getattr(method, "lag", None)
     stats = time_averages(cycles, burn_in, truth, lag)
     return TwinResult(truth=truth, ys=ys, cycles=cycles, stats=stats, final_state=final, burn_in=burn_in, lag=lag)
 

@@ -88,7 +88,7 @@ def twin_dataset(result: TwinResult, **attrs):
     variables = {"truth": (("truth_time", "component"), _array(result.truth)),
                  "ys": (("time", "observed"), _array(result.ys))}
     cycles = result.cycles
-    for name in ("rmse_analysis", "rmse_forecast", "spread_analysis", "spread_forecast", "crps_analysis"):
+    for name in ("rmse_analysis", "rmse_forecast", "spread_analysis", "spread_forecast", "crps_analysis", "rmse_universal"):
         value = getattr(cycles, name)
         if value is not None:
             variables[name] = (("time",), _array(value))
@@ -102,7 +102,7 @@ def twin_dataset(result: TwinResult, **attrs):
         variables["rank_histogram"] = (("rank",), _array(stats.rank_histogram))
     summary = {f"stats_{name}": float(getattr(stats, name))
                for name in ("rmse_analysis", "rmse_forecast", "spread_analysis", "spread_forecast", "crps_analysis",
-                            "nis_ratio", "rmse_smoothed", "spread_smoothed") if getattr(stats, name) is not None}
+                            "nis_ratio", "rmse_smoothed", "spread_smoothed", "rmse_universal") if getattr(stats, name) is not None}
     summary["stats_diverged"] = int(bool(stats.diverged))
     dataset = xr.Dataset(variables, coords={"time": np.arange(result.ys.shape[0]),
                                             "truth_time": np.arange(result.truth.shape[0])})
@@ -117,9 +117,9 @@ def sweep_dataset(result: SweepResult, **attrs):
     coords = {name: np.asarray(values) for name, values in result.grid.items()}
     coords["seed"] = np.arange(result.n_seeds)
     per_run = ("rmse_analysis", "rmse_forecast", "spread_analysis", "spread_forecast", "failed", "first_failure",
-               "nis_ratio", "diverged", "rmse_smoothed")
+               "nis_ratio", "diverged", "rmse_smoothed", "rmse_universal")
     summaries = ("rmse_analysis_mean", "rmse_analysis_stderr", "rmse_forecast_mean", "rmse_forecast_stderr",
-                 "spread_analysis_mean", "n_failed", "n_diverged", "rmse_smoothed_mean")
+                 "spread_analysis_mean", "n_failed", "n_diverged", "rmse_smoothed_mean", "rmse_universal_mean")
     variables = {name: ((*names, "seed"), _array(getattr(result, name))) for name in per_run}
     variables.update({name: (tuple(names), _array(getattr(result, name))) for name in summaries})
     dataset = xr.Dataset(variables, coords=coords)

@@ -97,6 +97,12 @@ def twin_figure(result, *, interval: float = 1.0, title: str = "", kind: str = "
         states = np.asarray(result.truth)[smoothed[0]]
         ax.plot(interval * smoothed[0], np.sqrt(np.mean((smoothed[1] - states) ** 2, axis=1)), "C4-", lw=0.8,
                 label="smoothed rmse")
+    if result.cycles.rmse_universal is not None:
+        # row n follows the finished estimate of v_{n+1-lag} through the interval that starts there
+        start = np.arange(result.cycles.rmse_universal.shape[0]) + 1 - (result.lag or 0)
+        keep = start >= 0
+        ax.plot(interval * (start[keep] + 0.5), np.asarray(result.cycles.rmse_universal)[keep], "C5-", lw=0.6,
+                label="universal rmse (interval mean)")
     if result.burn_in > 0:
         ax.axvline(interval * result.burn_in, color="grey", ls=":", lw=1,
                    label=f"end of burn-in ({result.burn_in} cycles)")

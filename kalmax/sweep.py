@@ -40,7 +40,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from ._compile import dual_jit, prefers_serial, state_size
-from .experiments import check_run_length, failed_cycles, run_scored, time_averages, twin_keys
+from .experiments import check_run_length, failed_cycles, run_scored, time_averages, twin_keys, universal_scores
 from .simulate import simulate
 from .sharding import device_mesh
 
@@ -62,11 +62,12 @@ class RunStats(eqx.Module):
     nis_ratio: Float[Array, ""]  # NaN when the method's info has no `nis`
     diverged: Bool[Array, ""]
     rmse_smoothed: Float[Array, ""]  # NaN for methods that do not smooth
+    rmse_universal: Float[Array, ""]  # NaN without universal scores
 
 
-def run_one(model, make_method, burn_in: int, params: dict, seed_key, truth, ys) -> RunStats:
+def run_one(model, make_method, burn_in: int, params: dict, seed_key, truth, ys, universal: bool = False) -> RunStats:
     """One twin experiment; equals `twin_experiment(model, make_method(**params), T,
-    seed_key, burn_in=burn_in)` (same key derivation, same scores)."""
+    seed_key, burn_in=burn_in, universal=universal)` (same key derivation, same scores)."""
     try:
         method = make_method(**params)
     except (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError,
@@ -77,8 +78,11 @@ def run_one(model, make_method, burn_in: int, params: dict, seed_key, truth, ys)
             "size inside make_method and run one sweep per value"
         ) from err
     _, method_keys = twin_keys(seed_key)  # the key of an unchunked twin experiment
-    _, cycles = run_scored(model, method, truth, ys, method_keys[0], keep_mean=False, distribution_scores=False)
-    stats = time_averages(cycles, burn_in, truth, getattr(method, "lag", None))
+    lag = getattr(method, "lag", None)
+    scores = universal_scores(model, method, truth, 0, lag) if universal else None
+    _, cycles = run_scored(model, method, truth, ys, method_keys[0], keep_mean=False, distribution_scores=False,
+                           universal=scores)
+    stats = time_averages(cycles, burn_in, truth, lag)
     nan = jnp.full((), jnp.nan, truth.dtype)
     bad_cycle = failed_cycles(cycles)
     return RunStats(
@@ -91,6 +95,7 @@ def run_one(model, make_method, burn_in: int, params: dict, seed_key, truth, ys)
         nis_ratio=nan if stats.nis_ratio is None else stats.nis_ratio,
         diverged=jnp.asarray(stats.diverged),
         rmse_smoothed=nan if stats.rmse_smoothed is None else stats.rmse_smoothed,
+        rmse_universal=nan if stats.rmse_universal is None else stats.rmse_universal,
     )
 
 
@@ -168,7 +173,7 @@ def _simulate_seeds(model, truth_keys, n_cycles: int):
 
 
 def _sweep_vectorized_body(model, make_method, burn_in: int, n_settings: int, flat: dict, seed_keys, truth, ys,
-                      batch_size, run_sharding=None):
+                      batch_size, run_sharding=None, universal: bool = False):
     # the index gives vmap a batched input even for an empty grid
     indexed = dict(flat, __index__=jnp.arange(n_settings))
     if run_sharding is not None:
@@ -177,7 +182,8 @@ def _sweep_vectorized_body(model, make_method, burn_in: int, n_settings: int, fl
 
     def per_setting(params):
         params = {k: v for k, v in params.items() if k != "__index__"}
-        return jax.vmap(lambda k, tr, y: run_one(model, make_method, burn_in, params, k, tr, y))(seed_keys, truth, ys)
+        return jax.vmap(lambda k, tr, y: run_one(model, make_method, burn_in, params, k, tr, y, universal))(
+            seed_keys, truth, ys)
 
     if batch_size is None or batch_size >= n_settings:
         runs = jax.vmap(per_setting)(indexed)
@@ -193,8 +199,8 @@ def _sweep_vectorized_body(model, make_method, burn_in: int, n_settings: int, fl
     return runs
 
 
-def _single_run_body(model, make_method, burn_in: int, params: dict, seed_key, truth, ys):
-    return run_one(model, make_method, burn_in, params, seed_key, truth, ys)
+def _single_run_body(model, make_method, burn_in: int, params: dict, seed_key, truth, ys, universal: bool = False):
+    return run_one(model, make_method, burn_in, params, seed_key, truth, ys, universal)
 
 
 _sweep_vectorized_default, _sweep_vectorized_serial = dual_jit(_sweep_vectorized_body)
@@ -230,6 +236,8 @@ class SweepResult(eqx.Module):
         rmse_smoothed: time-averaged rmse of a smoother's finished estimates per setting
             and seed (`TwinStats.rmse_smoothed`; NaN for filters).
         rmse_smoothed_mean: its mean over the seeds that did not fail.
+        rmse_universal, rmse_universal_mean: DAPPER's rmse.u per run and its mean over the
+            seeds that did not fail (`TwinStats.rmse_universal`; NaN unless `universal`).
         n_cycles, burn_in: the run length and the cycles left out of the averages.
     """
 
@@ -251,6 +259,8 @@ class SweepResult(eqx.Module):
     n_diverged: Array
     rmse_smoothed: Float[Array, "*grid seeds"]
     rmse_smoothed_mean: Float[Array, "*grid"]
+    rmse_universal: Float[Array, "*grid seeds"]
+    rmse_universal_mean: Float[Array, "*grid"]
     n_cycles: int = eqx.field(static=True)
     burn_in: int = eqx.field(static=True)
 
@@ -300,8 +310,10 @@ class SweepResult(eqx.Module):
         diverged = np.asarray(self.n_diverged).reshape(-1)
         smoothed = np.asarray(self.rmse_smoothed_mean).reshape(-1)
         smoothing = bool(np.any(np.isfinite(np.asarray(self.rmse_smoothed))))
-        header = [*self.names, "rmse.a ± stderr", "rmse.f ± stderr", *(["rmse.s"] if smoothing else []), "spread.a",
-                  "failed", "diverged"]
+        universal = np.asarray(self.rmse_universal_mean).reshape(-1)
+        scoring_universal = bool(np.any(np.isfinite(np.asarray(self.rmse_universal))))
+        header = [*self.names, "rmse.a ± stderr", "rmse.f ± stderr", *(["rmse.s"] if smoothing else []),
+                  *(["rmse.u"] if scoring_universal else []), "spread.a", "failed", "diverged"]
         rows = []
         for i, setting in enumerate(self.settings()):
             rows.append([
@@ -309,6 +321,7 @@ class SweepResult(eqx.Module):
                 pm(float(a_mean[i]), float(a_err[i])),
                 pm(float(f_mean[i]), float(f_err[i])),
                 *([fmt(float(smoothed[i]))] if smoothing else []),
+                *([fmt(float(universal[i]))] if scoring_universal else []),
                 fmt(float(spread[i])),
                 f"{int(failed[i])}/{self.n_seeds}",
                 f"{int(diverged[i])}/{self.n_seeds}",
@@ -346,6 +359,7 @@ def sweep(
     batch_size: int | None = None,
     mesh: Mesh | Sequence | None = None,
     progress: bool | Callable[[int, int], None] = False,
+    universal: bool = False,
 ) -> SweepResult:
     """Twin experiments for every combination of `grid` values and every seed.
 
@@ -385,6 +399,7 @@ def sweep(
             the settings then run in chunks (of `batch_size`, or a tenth of the grid),
             each chunk one call of the same compiled program, so that progress can be
             reported between chunks; the scores equal those of one call.
+        universal: also score DAPPER's rmse.u (`twin_experiment`'s `universal`).
 
     Returns:
         A `SweepResult`; `result.table()` prints the DAPPER-like table.
@@ -440,7 +455,7 @@ def sweep(
             _sweep_vectorized = _sweep_vectorized_serial if serial(n_settings * n_seeds) else _sweep_vectorized_default
             runs = _sweep_vectorized(
                 model, make_method, burn_in, n_padded, flat_in, seed_keys, truth, ys,
-                None if batch_size is None else int(batch_size), run_sharding,
+                None if batch_size is None else int(batch_size), run_sharding, universal,
             )
         else:
             n_devices = 1 if run_sharding is None else int(run_sharding.mesh.devices.size)
@@ -453,7 +468,8 @@ def sweep(
             pieces = []
             for index in range(n_chunks):
                 part = {k: v[index * chunk:(index + 1) * chunk] for k, v in flat_in.items()}
-                piece = _sweep_vectorized(model, make_method, burn_in, chunk, part, seed_keys, truth, ys, None, run_sharding)
+                piece = _sweep_vectorized(model, make_method, burn_in, chunk, part, seed_keys, truth, ys, None, run_sharding,
+                                          universal)
                 pieces.append(jax.block_until_ready(piece))
                 report(min((index + 1) * chunk, n_settings) * n_seeds)
             runs = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *pieces)
@@ -465,7 +481,8 @@ def sweep(
             params = {name: v[index] for name, v in flat.items()}
             per_seed = []
             for s in range(n_seeds):
-                per_seed.append(_single_run(model, make_method, burn_in, params, seed_keys[s], truth[s], ys[s]))
+                per_seed.append(_single_run(model, make_method, burn_in, params, seed_keys[s], truth[s], ys[s],
+                                            universal))
                 if report is not None:
                     jax.block_until_ready(per_seed[-1])
                     report(index * n_seeds + s + 1)
@@ -501,6 +518,8 @@ def sweep(
         n_diverged=jnp.sum(runs.diverged & ~runs.failed, axis=-1).astype(jnp.int32),
         rmse_smoothed=runs.rmse_smoothed,
         rmse_smoothed_mean=_summarise(runs.rmse_smoothed, runs.failed)[0],
+        rmse_universal=runs.rmse_universal,
+        rmse_universal_mean=_summarise(runs.rmse_universal, runs.failed)[0],
         n_cycles=n_cycles,
         burn_in=burn_in,
     )

@@ -124,3 +124,78 @@ def test_smoothers_report_smoothed_scores_equal_to_their_smoothed_means(make):
     assert "smoothed rmse" in result.stats.table()
     filtered = kx.twin_experiment(setup.model, kx.EnKF(8, kx.SquareRoot()), 60, key, burn_in=burn_in)
     assert filtered.stats.rmse_smoothed is None and "smoothed" not in filtered.stats.table()
+
+
+def _numpy_lorenz63_step(x, dt=0.01):
+    """One RK4 step of Lorenz-63 (sigma 10, rho 28, beta 8/3) in NumPy float64."""
+    def field(v):
+        return np.stack([10.0 * (v[..., 1] - v[..., 0]), v[..., 0] * (28.0 - v[..., 2]) - v[..., 1],
+                         v[..., 0] * v[..., 1] - 8.0 / 3.0 * v[..., 2]], axis=-1)
+
+    k1 = field(x)
+    k2 = field(x + dt / 2 * k1)
+    k3 = field(x + dt / 2 * k2)
+    k4 = field(x + dt * k3)
+    return x + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+
+
+@pytest.mark.parametrize("make, lag", [
+    (lambda: kx.EnKF(8, kx.SquareRoot(), inflation=1.02), 0),
+    (lambda: kx.IEnKS(8, 2, n_iter=2, inflation=1.02), 2),
+    (lambda: kx.IEnKS(8, 4, n_iter=2, inflation=1.02, shift=2), 4),
+    (lambda: kx.EnKS(8, 3, inflation=1.02), 3),
+], ids=["etkf", "ienks", "ienks-shift2", "enks"])
+def test_universal_scores_follow_the_finished_estimate_through_every_model_step(make, lag):
+    """DAPPER's rmse.u: the analysis (a filter) or the finished smoothed ensemble of v_{n+1-lag}
+    (a smoother) moved through the 25 RK4 steps of the next interval against the truth there,
+    recomputed in NumPy from the saved ensembles. (benchmarks/bench_smoothers.py checks it
+    against DAPPER's own rmse.u for the iEnKS.)"""
+    from kalmax.experiments import twin_keys
+    from kalmax.presets import lorenz63_sakov2012
+
+    setup = lorenz63_sakov2012(30)  # RK4(0.01, 25): 25 model steps per interval
+    method, key, burn_in = make(), jax.random.key(5), 4
+    result = kx.twin_experiment(setup.model, method, 30, key, burn_in=burn_in, universal=True)
+    _, history = kx.assimilate(setup.model, method, result.ys, twin_keys(key)[1][0], save=kx.Save(state=True))
+    states = history.state
+    if lag == 0:
+        finished = np.asarray(states.members)
+    elif isinstance(method, kx.EnKS):
+        finished = np.asarray(states.window[:, 0])
+    else:
+        finished = np.asarray(jax.vmap(method.finished_estimate)(states).members)
+    truth = np.asarray(result.truth)
+    expected = []
+    for n in range(30):
+        members, true_state = finished[n], truth[max(0, n + 1 - lag)]
+        errors = []
+        for _ in range(25):
+            errors.append(np.sqrt(np.mean((members.mean(0) - true_state) ** 2)))
+            members, true_state = _numpy_lorenz63_step(members), _numpy_lorenz63_step(true_state)
+        expected.append(np.mean(errors))
+    np.testing.assert_allclose(result.cycles.rmse_universal, expected, rtol=1e-9)
+    assert float(result.stats.rmse_universal) == pytest.approx(np.mean(expected[burn_in + lag:]), rel=1e-12)
+    if lag:  # its first model step is the smoothed estimate the smoothed scores take
+        smoothed = np.asarray(result.cycles.info.lagged_mean)
+        np.testing.assert_allclose(smoothed, finished.mean(axis=1), rtol=1e-12)
+    assert "universal rmse" in result.stats.table()
+
+
+def test_universal_scores_of_a_one_step_model_are_the_analysis_scores_and_the_sweep_agrees():
+    """With one model step per interval (a linear-Gaussian model) rmse.u is rmse.a; a sweep
+    reports the same rmse.u as the twin experiment of each setting."""
+    model = kx.LinearGaussianSSM(0.9 * jnp.eye(2), jnp.eye(2), 0.1 * jnp.eye(2), 0.5 * jnp.eye(2), jnp.zeros(2),
+                                 jnp.eye(2))
+    result = kx.twin_experiment(model, kx.KalmanFilter(), 40, jax.random.key(1), burn_in=5, universal=True)
+    np.testing.assert_allclose(result.cycles.rmse_universal, result.cycles.rmse_analysis, rtol=1e-12)
+    assert kx.twin_experiment(model, kx.KalmanFilter(), 40, jax.random.key(1)).stats.rmse_universal is None
+    from kalmax.presets import lorenz63_sakov2012
+
+    setup = lorenz63_sakov2012(40)
+    swept = kx.sweep(setup.model, lambda inflation: kx.IEnKS(8, 2, n_iter=2, inflation=inflation), 40,
+                     jax.random.key(2), grid={"inflation": jnp.array([1.02])}, burn_in=5, universal=True)
+    seed_key = jax.random.split(jax.random.key(2), 1)[0]
+    twin = kx.twin_experiment(setup.model, kx.IEnKS(8, 2, n_iter=2, inflation=1.02), 40, seed_key, burn_in=5,
+                              universal=True)
+    np.testing.assert_allclose(swept.rmse_universal[0, 0], twin.stats.rmse_universal, rtol=1e-10)
+    assert "rmse.u" in swept.table()

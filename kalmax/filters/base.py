@@ -58,6 +58,14 @@ class AbstractFilter(eqx.Module):
         Default: `model` itself."""
         return model
 
+    def finished_estimate(self, state):
+        """The estimate that the universal scores (`kx.twin_experiment(..., universal=True)`)
+        move between observation times after the cycle that returned `state`: by default the
+        analysis of v_{n+1} itself; a smoother run as a filter returns its finished smoothed
+        estimate of v_{n+1-lag} (the state of its `info.lagged_mean`). Anything with a `mean`
+        (and, for an ensemble, `members`)."""
+        return state
+
     @abc.abstractmethod
     def init(self, model, key=None):
         """The filter's state for the prior of v_0."""

@@ -19,6 +19,7 @@ Where an adaptive or stochastic solver is wanted, use diffrax with
 from __future__ import annotations
 
 import abc
+import dataclasses
 
 import equinox as eqx
 import jax
@@ -475,3 +476,17 @@ def trajectory(flow, state, n_intervals: int):
 
     _, states = jax.lax.scan(body, state, None, length=n_intervals)
     return jax.tree_util.tree_map(lambda x0, xs: jnp.concatenate([x0[None], xs], axis=0), state, states)
+
+
+def substeps(dynamics):
+    """(one model time step, steps per observation interval) of a model's map Psi.
+
+    A `Flow` whose integrator takes `n_steps` fixed steps per call (`RK4`,
+    `IntegratingFactorRK4`) is split into its steps: Psi is the one-step flow applied
+    `n_steps` times, exactly (DAPPER's model time steps `dt` between observation times,
+    where its "universal" statistics are taken). Any other map is one step: (dynamics, 1).
+    """
+    if isinstance(dynamics, Flow) and isinstance(dynamics.integrator, (RK4, IntegratingFactorRK4)):
+        n_steps = dynamics.integrator.n_steps
+        return Flow(dynamics.model, dataclasses.replace(dynamics.integrator, n_steps=1)), n_steps
+    return dynamics, 1

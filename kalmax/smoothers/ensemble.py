@@ -229,6 +229,10 @@ class EnKS(AbstractEnsembleFilter, AbstractSmoother):
         )
         return LaggedEnsemble(window), lagged
 
+    def finished_estimate(self, state: LaggedEnsemble) -> Ensemble:
+        """The oldest ensemble of the window, v_{n+1-L}: final after cycle n (`info.lagged_mean`)."""
+        return Ensemble(state.window[0])
+
     def run(self, model, ys, key=None, init_state=None) -> EnsembleSmootherResult:
         model = member_model(model, "EnKS")
         first = given_ensemble(init_state, self.ensemble_size, model)

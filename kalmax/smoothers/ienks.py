@@ -101,9 +101,9 @@ class WindowState(eqx.Module):
             none yet (None for shift 1).
         recent: (S, J, d) the forecast ensembles of the window's last S times (after
             `forecast`; None for shift 1).
-        finished_mean: (S, d) the final smoothed means of the states that left the window
-            at the last analysis, v_s..v_{s+S-1} (None for shift 1).
-        finished_spread: (S,) their spreads (None for shift 1).
+        finished: (S, J, d) the final smoothed ensembles of the states that left the window
+            at the last analysis, v_s..v_{s+S-1} (inflated and rotated as the start; for
+            shift 1 the window's smoothed start v_s).
     """
 
     start: Float[Array, "J d"]
@@ -111,8 +111,7 @@ class WindowState(eqx.Module):
     cycle: Int[Array, ""]
     pending: Float[Array, "S p"] | None = None
     recent: Float[Array, "S J d"] | None = None
-    finished_mean: Float[Array, "S d"] | None = None
-    finished_spread: Float[Array, " S"] | None = None
+    finished: Float[Array, "S J d"] | None = None
 
     @property
     def mean(self) -> Float[Array, " d"]:
@@ -302,14 +301,12 @@ class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
     def start_state(self, model, members) -> WindowState:
         """The state before the first cycle, from the initial ensemble (J, d)."""
         if self.shift == 1:
-            return WindowState(members, members, jnp.zeros((), jnp.int32))
-        size, dim, dtype = self.shift, members.shape[1], members.dtype
+            return WindowState(members, members, jnp.zeros((), jnp.int32), finished=members[None])
+        size, dtype = self.shift, members.dtype
         n_obs = jax.eval_shape(model.observe, members[0]).shape[0]
+        copies = jnp.broadcast_to(members, (size, *members.shape))
         return WindowState(members, members, jnp.zeros((), jnp.int32),
-                           pending=jnp.full((size, n_obs), jnp.nan, dtype),
-                           recent=jnp.broadcast_to(members, (size, *members.shape)),
-                           finished_mean=jnp.broadcast_to(members.mean(axis=0), (size, dim)),
-                           finished_spread=jnp.broadcast_to(ensemble_spread(members), (size,)))
+                           pending=jnp.full((size, n_obs), jnp.nan, dtype), recent=copies, finished=copies)
 
     def init(self, model, key) -> WindowState:
         model = member_model(model, "IEnKS.init")
@@ -325,7 +322,7 @@ class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
             forecast_anomalies, forecast_mean = _center(forecast)
             forecast = forecast_mean[..., None, :] + forecast_anomalies / eps
         if self.shift == 1:
-            return WindowState(state.start, forecast[0], state.cycle)
+            return WindowState(state.start, forecast[0], state.cycle, finished=state.finished)
         return eqx.tree_at(lambda s: (s.members, s.recent), state, (forecast[-1], forecast))
 
     def analysis(self, model, state: WindowState, y, key=None) -> tuple[WindowState, IEnKSInfo]:
@@ -341,10 +338,19 @@ class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
                             lambda: self._wait(model, state, y))
 
     def _finished_row(self, cycle, last_analysis):
-        """The row of `finished_mean` holding v_{n+1-L} at cycle n after the analysis of cycle
+        """The row of `finished` holding v_{n+1-L} at cycle n after the analysis of cycle
         `last_analysis` (whose window started at v_max(0, last_analysis + 1 - L))."""
         row = cycle + 1 - self.lag - jnp.maximum(0, last_analysis + 1 - self.lag)
         return jnp.clip(row, 0, self.shift - 1)
+
+    def finished_estimate(self, state: WindowState) -> Ensemble:
+        """The final smoothed ensemble of v_{n+1-L} after cycle n (the state `info.lagged_mean`
+        describes): what the universal scores propagate between observation times."""
+        cycle = state.cycle - 1
+        if self.shift == 1:
+            return Ensemble(state.finished[0])
+        row = self._finished_row(cycle, cycle - (cycle + 1) % self.shift)
+        return Ensemble(state.finished[row])
 
     def _wait(self, model, state: WindowState, y) -> tuple[WindowState, IEnKSInfo]:
         """A cycle without an analysis (shift > 1): the forecast stands, y waits in `pending`."""
@@ -357,7 +363,7 @@ class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
             log_likelihood=first.log_likelihood, n_observed=jnp.sum(jnp.isfinite(y)).astype(jnp.int32),
             spread=spread, status=ensemble_status(members, spread), nis=first.nis,
             n_iterations=jnp.zeros((), jnp.int32), increment=jnp.zeros((), dtype),
-            lagged_mean=state.finished_mean[row], lagged_spread=state.finished_spread[row],
+            lagged_mean=state.finished[row].mean(axis=0), lagged_spread=ensemble_spread(state.finished[row]),
             prior_inflation=jnp.ones((), dtype),
         )
         return eqx.tree_at(lambda s: s.cycle, state, state.cycle + 1), info
@@ -502,13 +508,13 @@ class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
         if self.shift == 1:
             lagged_mean, lagged_spread = smoothed.mean(axis=0), ensemble_spread(smoothed)
             next_state = WindowState(slide(lambda x: forecast_members(model, x, None), smoothed, state.cycle, self.lag),
-                                     analysis, state.cycle + 1)
+                                     analysis, state.cycle + 1, finished=smoothed[None])
         else:
-            next_start, finished_mean, finished_spread = self._slide(model, smoothed, state.cycle)
+            next_start, finished = self._slide(model, smoothed, state.cycle)
             row = self._finished_row(state.cycle, state.cycle)
-            lagged_mean, lagged_spread = finished_mean[row], finished_spread[row]
+            lagged_mean, lagged_spread = finished[row].mean(axis=0), ensemble_spread(finished[row])
             next_state = WindowState(next_start, analysis, state.cycle + 1, pending=jnp.full_like(state.pending, jnp.nan),
-                                     recent=state.recent, finished_mean=finished_mean, finished_spread=finished_spread)
+                                     recent=state.recent, finished=finished)
         info = IEnKSInfo(
             log_likelihood=first.log_likelihood, n_observed=jnp.sum(jnp.isfinite(newest_y)).astype(jnp.int32),
             spread=spread, status=status, nis=first.nis, n_iterations=count, increment=dw @ dw / size,
@@ -518,16 +524,15 @@ class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
 
     def _slide(self, model, smoothed, cycle):
         """The smoothed start v_s moved to the next window's start v_{s'},
-        s' = max(0, n + 1 + S - L), and the means and spreads of v_s..v_{s+S-1} on the way
-        (the states leaving the window: the first s' - s rows)."""
+        s' = max(0, n + 1 + S - L), and the ensembles of v_s..v_{s+S-1} on the way (S, J, d;
+        the states leaving the window: the first s' - s rows)."""
         n_move = jnp.maximum(0, cycle + 1 + self.shift - self.lag) - jnp.maximum(0, cycle + 1 - self.lag)
 
         def step(members, index):
             moved = forecast_members(model, members, None)
-            return jnp.where(index < n_move, moved, members), (members.mean(axis=0), ensemble_spread(members))
+            return jnp.where(index < n_move, moved, members), members
 
-        next_start, (means, spreads) = jax.lax.scan(step, smoothed, jnp.arange(self.shift, dtype=jnp.int32))
-        return next_start, means, spreads
+        return jax.lax.scan(step, smoothed, jnp.arange(self.shift, dtype=jnp.int32))
 
     def _zeta(self, y0, w, ridge):
         """The finite-size prior weight zeta = (J - 1) c_L / (e_N + |w|^2) (DAPPER's `zeta_a`)
@@ -560,8 +565,8 @@ class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
         if final_start > next_state:  # left the window at the last analysis (shift > 1): its rows
             window_start = max(0, n_run - self.lag)
             rows = slice(next_state - window_start, final_start - window_start)
-            means.append(final.finished_mean[rows])
-            spreads.append(final.finished_spread[rows])
+            means.append(final.finished[rows].mean(axis=1))
+            spreads.append(ensemble_spread(final.finished[rows]))
 
         def forward(members, _):
             moved = forecast_members(model, members, None)

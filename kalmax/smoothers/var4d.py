@@ -65,11 +65,13 @@ class FourDVarState(eqx.Module):
         mean: (d,) the newest state's estimate: the forecast after `forecast`, the
             filtered analysis after `analysis`.
         cycle: cycles done (int32).
+        finished: (d,) the smoothed start of the last window, v_s (its `lagged_mean`).
     """
 
     start: Float[Array, " d"]
     mean: Float[Array, " d"]
     cycle: Int[Array, ""]
+    finished: Float[Array, " d"]
 
 
 class FourDVarInfo(eqx.Module):
@@ -183,13 +185,13 @@ class FourDVar(AbstractFilter, AbstractSmoother):
 
     def init(self, model, key=None) -> FourDVarState:
         model = self.prepare_model(model)
-        return FourDVarState(model.init_mean, model.init_mean, jnp.zeros((), jnp.int32))
+        return FourDVarState(model.init_mean, model.init_mean, jnp.zeros((), jnp.int32), model.init_mean)
 
     def forecast(self, model, state: FourDVarState, key=None) -> FourDVarState:
         """The background start moved through the window: the forecast of the newest state."""
         model = self.prepare_model(model)
         return FourDVarState(state.start, through_window(model.dynamics, state.start, state.cycle, self.lag),
-                             state.cycle)
+                             state.cycle, state.finished)
 
     def analysis(self, model, state: FourDVarState, y, key=None) -> tuple[FourDVarState, FourDVarInfo]:
         model = self.prepare_model(model)
@@ -245,7 +247,12 @@ class FourDVar(AbstractFilter, AbstractSmoother):
                             nis=jnp.sum(whitened**2), n_iterations=count, increment=increment, converged=converged,
                             lagged_mean=smoothed)
         next_start = slide(model.dynamics, smoothed, state.cycle, self.lag)
-        return FourDVarState(next_start, analysis, state.cycle + 1), info
+        return FourDVarState(next_start, analysis, state.cycle + 1, smoothed), info
+
+    def finished_estimate(self, state: FourDVarState) -> FourDVarState:
+        """The smoothed start of the last window, v_{n+1-L} once the window is full
+        (`info.lagged_mean`), as the state's `mean`."""
+        return eqx.tree_at(lambda s: s.mean, state, state.finished)
 
     def _newton(self, forecast, residual, linearised, first_linearisation, dim: int, dtype):
         """Gauss-Newton outer iterations, the inner problem solved exactly or by CG."""
