@@ -244,6 +244,77 @@ def dapper_raanes(job) -> dict:
 UNIVERSAL_LAGS = (1, 2)
 
 
+# The iEnKS on the Lorenz-96 set-ups of the accuracy table, timed beside DAPPER (speed only: with
+# rot=True the rotations draw different random numbers, so the runs are not reproduced)
+SETUP_SPEED = {
+    "setup-ienks-so08": dict(label="iEnKS('Sqrt', N=25, Lag=1, nIter=10, infl=1.2, rot=True), Lorenz-96 every 12 steps",
+                             dko=12, N=25, lag=1, n_iter=10, infl=1.2, rot=True, xN=None),
+    "setup-ienks-bs13": dict(label="iEnKS('Sqrt', N=20, Lag=4, nIter=10, xN=2), Lorenz-96 every 4 steps", dko=4, N=20,
+                             lag=4, n_iter=10, infl=1.0, rot=False, xN=2.0),
+}
+
+
+def dapper_setup(job) -> dict:
+    """DAPPER's iEnKS on one of the `SETUP_SPEED` set-ups, as users run it and bare."""
+    dpr = _dapper()
+    import dapper.da_methods as da
+
+    spec = SETUP_SPEED[job["name"]]
+    hmm = _dapper_hmm("l96", job["ko"])
+    hmm.tseq.dko = spec["dko"]
+    dpr.set_seed(job["seed"])
+    xx, yy = hmm.simulate()
+    yy = np.stack(yy).astype(float)
+    captured, original = {}, hmm.X0.sample
+
+    def sample(N):
+        E = original(N)
+        captured["E0"] = np.array(E, copy=True)
+        return E
+
+    hmm.X0.sample = sample
+
+    def run():
+        dpr.set_seed(job["seed"] + 1)
+        xp = da.iEnKS("Sqrt", N=spec["N"], Lag=spec["lag"], nIter=spec["n_iter"], infl=spec["infl"], rot=spec["rot"],
+                      xN=spec["xN"])
+        xp.assimilate(hmm, xx, yy)
+        xp.stats.average_in_time()
+        return xp
+
+    timing, xp = common.timed(run, job["repeats"], first_separate=False)
+    hmm.X0.sample = original
+    np.savez(Path(job["workdir"]) / f"{job['name']}.npz", yy=yy, E0=captured["E0"], xx=xx[hmm.tseq.kko])
+    bare_timing, _ = common.timed(lambda: _bare_ienks(hmm, yy, spec), job["repeats"], first_separate=False)
+    return dict(timing=timing, bare_timing=bare_timing, cycles=int(yy.shape[0]), da_method=repr(xp),
+                rmse_a=float(xp.avrgs.rmse.a.val))
+
+
+def kalmax_setup(job) -> dict:
+    """kalmax's IEnKS on DAPPER's data and initial ensemble of `dapper_setup` (speed; its rmse.a
+    over all cycles for reference)."""
+    import jax
+    import jax.numpy as jnp
+
+    import kalmax as kx
+
+    spec = SETUP_SPEED[job["name"]]
+    data = np.load(Path(job["workdir"]) / f"{job['name']}.npz")
+    model = _lorenz96(0.05, spec["dko"])
+    ys = jnp.asarray(data["yy"])
+    method = kx.IEnKS(spec["N"], spec["lag"], n_iter=spec["n_iter"], inflation=spec["infl"], rotate=spec["rot"],
+                      xN=spec["xN"])
+    start = method.start_state(model, jnp.asarray(data["E0"]))
+    key = jax.random.key(job["seed"])
+
+    def run():
+        return kx.assimilate(model, method, ys, key, init_state=start)[1].mean
+
+    timing, mean_a = common.timed(run, job["repeats"], first_separate=True)
+    errors = np.sqrt(np.mean((np.asarray(mean_a) - data["xx"]) ** 2, axis=1))
+    return dict(timing=timing, rmse_a_all_cycles=float(errors.mean()))
+
+
 def dapper_universal(job) -> dict:
     """DAPPER's iEnKS('Sqrt', N=10, Lag, nIter=10, infl=1.02) on its Lorenz-63 sakov2012 set-up
     (25 model steps per observation) with its universal statistics stored: the estimate at
@@ -335,9 +406,9 @@ def _bare_ienks(hmm, yy, spec):
         DAW = range(max(0, kLag + 1), min(ko, Ko) + 1)
         if ko <= Ko:
             obs = hmm.Obs(ko)
-            E = iEnKS_update("Sqrt", E, DAW, hmm, stats, 1.0, yy[ko], (k, ko, t), obs.noise.C.sym_sqrt_inv, None,
-                             False, (n_iter, 0))
-            E = post_process(E, spec["infl"], False)
+            E = iEnKS_update("Sqrt", E, DAW, hmm, stats, 1.0, yy[ko], (k, ko, t), obs.noise.C.sym_sqrt_inv,
+                             spec.get("xN"), False, (n_iter, 0))
+            E = post_process(E, spec["infl"], spec.get("rot", False))
         if kLag >= 0:
             smoothed[kLag] = E.mean(0)
         for kCycle in range(max(kLag + 1, 0), min(max(kLag + 1 + 1, 0), Ko + 1)):
@@ -649,7 +720,7 @@ def kalmax_gradient_cost(job) -> dict:
 JOBS = {"dapper_reference": dapper_reference, "kalmax_reproduce": kalmax_reproduce, "kalmax_accuracy": kalmax_accuracy,
         "dapper_var4d": dapper_var4d, "kalmax_var4d": kalmax_var4d, "kalmax_gradient_cost": kalmax_gradient_cost,
         "dapper_raanes": dapper_raanes, "kalmax_raanes": kalmax_raanes, "dapper_universal": dapper_universal,
-        "kalmax_universal": kalmax_universal}
+        "kalmax_universal": kalmax_universal, "dapper_setup": dapper_setup, "kalmax_setup": kalmax_setup}
 
 
 # ======================================================================================
@@ -776,7 +847,8 @@ def report(results: dict, args, machine: dict) -> str:
     labels = dict({name: spec["label"] for name, spec in METHODS.items()},
                   **{f"var4d-lag{spec['lag']}": spec["label"].replace("Lorenz-96, every 4 steps: ", "Lorenz-96: ")
                      for spec in ACCURACY if spec.get("method") == "4dvar"},
-                  **{f"raanes-{name}": spec["label"] + " on raanes2016" for name, spec in RAANES.items()})
+                  **{f"raanes-{name}": spec["label"] + " on raanes2016" for name, spec in RAANES.items()},
+                  **{name: spec["label"] for name, spec in SETUP_SPEED.items()})
     for name in labels:
         ref, ours = results.get(f"dapper-{name}", {}), results.get(f"kalmax-{name}", {})
         if ref.get("status") != "ok" or ours.get("status") != "ok":
@@ -849,6 +921,10 @@ def main() -> None:
                           repeats=args.repeats)
         dapper_jobs.append(dict(common_job, id=f"dapper-raanes-{method}", kind="dapper_raanes"))
         kalmax_jobs.append(dict(common_job, id=f"kalmax-raanes-{method}", kind="kalmax_raanes"))
+    for name in SETUP_SPEED:
+        common_job = dict(name=name, ko=args.ko, seed=17, workdir=str(workdir), repeats=args.repeats)
+        dapper_jobs.append(dict(common_job, id=f"dapper-{name}", kind="dapper_setup"))
+        kalmax_jobs.append(dict(common_job, id=f"kalmax-{name}", kind="kalmax_setup"))
     universal_job = dict(ko=args.ko_l63 // 5, seed=13, workdir=str(workdir))
     dapper_jobs.append(dict(universal_job, id="dapper-universal", kind="dapper_universal"))
     kalmax_jobs.append(dict(universal_job, id="kalmax-universal", kind="kalmax_universal"))
