@@ -937,10 +937,10 @@ def main() -> None:
                           repeats=args.repeats)
         dapper_jobs.append(dict(common_job, id=f"dapper-raanes-{method}", kind="dapper_raanes"))
         kalmax_jobs.append(dict(common_job, id=f"kalmax-raanes-{method}", kind="kalmax_raanes"))
-    for name in SETUP_SPEED:
-        common_job = dict(name=name, ko=args.ko, seed=17, workdir=str(workdir), repeats=args.repeats)
-        dapper_jobs.append(dict(common_job, id=f"dapper-{name}", kind="dapper_setup"))
-        kalmax_jobs.append(dict(common_job, id=f"kalmax-{name}", kind="kalmax_setup"))
+    for setup_name in SETUP_SPEED:
+        common_job = dict(name=setup_name, ko=args.ko, seed=17, workdir=str(workdir), repeats=args.repeats)
+        dapper_jobs.append(dict(common_job, id=f"dapper-{setup_name}", kind="dapper_setup"))
+        kalmax_jobs.append(dict(common_job, id=f"kalmax-{setup_name}", kind="kalmax_setup"))
     universal_job = dict(ko=args.ko_l63 // 5, seed=13, workdir=str(workdir))
     dapper_jobs.append(dict(universal_job, id="dapper-universal", kind="dapper_universal"))
     kalmax_jobs.append(dict(universal_job, id="kalmax-universal", kind="kalmax_universal"))
