@@ -22,7 +22,7 @@ from .assimilate import assimilate, check_status
 from .simulate import simulate
 from .gaussian import Gaussian, SqrtGaussian
 from .results import RESULTS, DivergenceError
-from .models.integrators import AbstractEnsembleDynamics, substeps
+from .models.integrators import map_members, substeps
 from .ssm import StateSpaceModel, as_state_space_model
 
 
@@ -82,9 +82,7 @@ def universal_rmse(step, n_steps: int, estimate, true_state) -> Float[Array, ""]
     moving = estimate.mean if members is None else members
 
     def move(state):
-        if members is None:
-            return step(state)
-        return step.ensemble(state) if isinstance(step, AbstractEnsembleDynamics) else jax.vmap(step)(state)
+        return step(state) if members is None else map_members(step, state)
 
     def body(carry, _):
         state, truth = carry

@@ -14,7 +14,7 @@ from jaxtyping import Array, Float, Int
 from ..ensemble.algebra import EnsembleSpace
 from ..gaussian import Ensemble
 from ..linalg import mean_preserving_rotation
-from ..models.integrators import AbstractEnsembleDynamics
+from ..models.integrators import map_members
 from ..results import RESULTS
 from ..ssm import LinearGaussianSSM, StateSpaceModel, as_state_space_model
 from .base import AbstractFilter
@@ -99,10 +99,7 @@ def forecast_members(model: StateSpaceModel, members, key):
     Dynamics that map a whole ensemble (`kalmax.models.AbstractEnsembleDynamics`, such as
     a `Flow` of Lorenz-96 or a `LinearDynamics`) do so in one call; others are vmapped.
     """
-    if isinstance(model.dynamics, AbstractEnsembleDynamics):
-        forecast = model.dynamics.ensemble(members)
-    else:
-        forecast = jax.vmap(model.dynamics)(members)
+    forecast = map_members(model.dynamics, members)
     if model.dynamics_cov.is_zero():
         return forecast
     if key is None:

@@ -165,6 +165,14 @@ class AbstractEnsembleDynamics(eqx.Module):
         """Psi of each row of `members`."""
 
 
+def map_members(dynamics, members: Float[Array, "J d"]) -> Float[Array, "J d"]:
+    """Psi of each row of `members`: in one call for `AbstractEnsembleDynamics` (members on
+    the fast axis of a batched field), else a `vmap` of the one-state map."""
+    if isinstance(dynamics, AbstractEnsembleDynamics):
+        return dynamics.ensemble(members)
+    return jax.vmap(dynamics)(members)
+
+
 def tangent_linear(dynamics, state: Float[Array, " d"], directions: Float[Array, "K d"]):
     """Psi(state) and the tangent-linear images Psi'(state) t of the rows t of `directions`
     (K, d), by forward-mode differentiation in one batched pass.

@@ -13,10 +13,10 @@ as x_0 + w X_0 for weights w (J,), and the cost
     J(w) = (J - 1)/2 |w|^2 + 1/2 sum_{k=n+2-S}^{n+1} |y_k - h(M_{s->k}(x_0 + w X_0))|^2_Gamma
 
 is minimised by Gauss-Newton in ensemble space: the S observations are stacked into one
-observation vector of S p entries (below, Y and dy are the stacked, whitened ones). Each iteration propagates the ensemble
-x_0 + (w + eps T) X_0 through the window, whitens its observed anomalies Y and
-innovation dy (Gamma^{-1/2}), "de-conditions" them, Y_0 = T^{-1} Y (the sensitivities
-of h o M at the current w), and steps
+observation vector of S p entries (below, Y and dy are the stacked, whitened ones). Each
+iteration propagates the ensemble x_0 + (w + eps T) X_0 through the window, whitens its
+observed anomalies Y and innovation dy (Gamma^{-1/2}), "de-conditions" them,
+Y_0 = T^{-1} Y (the sensitivities of h o M at the current w), and steps
 
     grad = Y_0 dy - (J - 1) w,   C_w = (Y_0 Y_0^T + (J - 1) I)^{-1},   w <- w + grad C_w,
 
@@ -463,11 +463,10 @@ class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
         forecast_anomalies, first_mean = _center(forecast_first)
         noise0 = jnp.zeros((size, y.shape[0]), dtype)
         carry = (jnp.zeros(size, dtype), identity, identity, noise0, ridge)
-        trajectory_first = state.members[None] if self.shift == 1 else state.recent
+        scaled_first = state.members[None] if self.shift == 1 else state.recent  # (S, J, d)
         if self.bundle:
-            anomalies_first, means_first = _center(trajectory_first)
-            trajectory_first = means_first[..., None, :] + eps * anomalies_first
-        scaled_first = trajectory_first
+            anomalies_first, means_first = _center(scaled_first)
+            scaled_first = means_first[..., None, :] + eps * anomalies_first
         carry, dw = step(carry, 0, scaled_first)
         converged = dw @ dw < self.wtol * size
         loop = (carry, dw, identity, scaled_first, converged, jnp.ones((), jnp.int32))
@@ -560,11 +559,11 @@ class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
         final, filtered = assimilate(model, self, ys, key, save=Save(), throw=False, init_state=start)
         # lagged_mean[n] is the final estimate of v_{n+1-L}: v_0..v_{T'-L} from the rows n >= L - 1
         means, spreads = [filtered.info.lagged_mean[self.lag - 1:]], [filtered.info.lagged_spread[self.lag - 1:]]
-        next_state = max(0, n_run - self.lag + 1)
+        first_unfinished = max(0, n_run - self.lag + 1)
         final_start = max(0, n_run + self.shift - self.lag)  # where the window would start next
-        if final_start > next_state:  # left the window at the last analysis (shift > 1): its rows
+        if final_start > first_unfinished:  # left the window at the last analysis (shift > 1): its rows
             window_start = max(0, n_run - self.lag)
-            rows = slice(next_state - window_start, final_start - window_start)
+            rows = slice(first_unfinished - window_start, final_start - window_start)
             means.append(final.finished[rows].mean(axis=1))
             spreads.append(ensemble_spread(final.finished[rows]))
 

@@ -21,10 +21,10 @@ def active_cycles(cycle, lag: int, shift: int = 1):
     return cycle + 1 - jnp.maximum(0, next_analysis + 1 - lag)
 
 
-def through_window(move, state, cycle, lag: int, shift: int = 1):
+def through_window(move, state, cycle, lag: int):
     """`state` (at the window's start; a pytree of arrays) moved to the newest state v_{n+1}
-    of cycle n = `cycle` by `move` (one cycle), `active_cycles` steps."""
-    n_active = active_cycles(cycle, lag, shift)
+    of cycle n = `cycle` by `move` (one cycle), min(n + 1, lag) steps (shift 1)."""
+    n_active = active_cycles(cycle, lag)
 
     def masked_move(step, v):
         return jax.tree.map(lambda new, old: jnp.where(step >= lag - n_active, new, old), move(v), v)
