@@ -66,40 +66,35 @@ def cpu_and_wall(fn, args, repeats: int, max_total_s: float) -> dict:
     return {"cpu_s": statistics.median(cpu) / STEPS, "wall_s": statistics.median(wall) / STEPS, "repeats": len(cpu)}
 
 
-def dapper_alone(dims, sizes, repeats: int) -> dict:
-    """DAPPER's forecast times measured in a process of its own (no JAX imported), as its
-    users run it: {(d, N): times}. In a process where XLA has run, glibc's allocator keeps
-    NumPy's temporaries mapped and the same NumPy code measured 2-3x faster (both are reported)."""
+def _in_own_process(worker: str, dims, sizes, repeats: int, one_core: bool = False) -> list[dict]:
+    """The rows of `worker` (a function of this module) run in a fresh Python process; with
+    `one_core`, its CPU affinity is set to one core before anything is imported."""
     import subprocess
 
+    pin = "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); " if one_core else ""
     code = (
-        "import sys, json; sys.path.insert(0, sys.argv[1]); import bench_forecast as b; "
-        "print('@@' + json.dumps(b.dapper_worker(json.loads(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4]))))"
+        f"import os, sys, json; {pin}sys.path.insert(0, sys.argv[1]); import bench_forecast as b; "
+        f"print('@@' + json.dumps(b.{worker}(json.loads(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4]))))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code, str(HERE), json.dumps(dims), json.dumps(sizes), str(repeats)],
         capture_output=True, text=True, check=True,
     ).stdout
-    rows = json.loads(next(line[2:] for line in out.splitlines() if line.startswith("@@")))
-    return {(r["d"], r["N"]): r["dapper"] for r in rows}
+    return json.loads(next(line[2:] for line in out.splitlines() if line.startswith("@@")))
+
+
+def dapper_alone(dims, sizes, repeats: int) -> dict:
+    """DAPPER's forecast times measured in a process of its own (no JAX imported), as its
+    users run it: {(d, N): times}. In a process where XLA has run, glibc's allocator keeps
+    NumPy's temporaries mapped and the same NumPy code measured 2-3x faster (both are reported)."""
+    return {(r["d"], r["N"]): r["dapper"] for r in _in_own_process("dapper_worker", dims, sizes, repeats)}
 
 
 def kalmax_one_core(dims, sizes, repeats: int) -> dict:
     """kalmax's batched forecast timed in a process held to one CPU core (its affinity set
     before XLA starts, so XLA's thread pool has one thread): the same resources as DAPPER's
     single-threaded NumPy. {(d, N): times}."""
-    import subprocess
-
-    code = (
-        "import os, sys, json; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); sys.path.insert(0, sys.argv[1]); "
-        "import bench_forecast as b; "
-        "print('@@' + json.dumps(b.kalmax_worker(json.loads(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4]))))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(HERE), json.dumps(dims), json.dumps(sizes), str(repeats)],
-        capture_output=True, text=True, check=True,
-    ).stdout
-    rows = json.loads(next(line[2:] for line in out.splitlines() if line.startswith("@@")))
+    rows = _in_own_process("kalmax_worker", dims, sizes, repeats, one_core=True)
     return {(r["d"], r["N"]): r["kalmax"] for r in rows}
 
 

@@ -109,6 +109,20 @@ def _dapper():
     return dpr
 
 
+def _capture_initial_ensemble(hmm) -> dict:
+    """Make `hmm.X0.sample` keep a copy of each ensemble it draws, under "E0" of the returned
+    dict (the original sampler under "original", to put back)."""
+    captured = {"original": hmm.X0.sample}
+
+    def sample(N):
+        E = captured["original"](N)
+        captured["E0"] = np.array(E, copy=True)
+        return E
+
+    hmm.X0.sample = sample
+    return captured
+
+
 def _dapper_hmm(case: str, ko: int):
     import importlib
 
@@ -211,14 +225,7 @@ def dapper_raanes(job) -> dict:
     xx, yy = hmm.simulate()
     yy = np.stack(yy).astype(float)
     spec = RAANES[job["method"]]
-    captured, original = {}, hmm.X0.sample
-
-    def sample(N):
-        E = original(N)
-        captured["E0"] = np.array(E, copy=True)
-        return E
-
-    hmm.X0.sample = sample
+    captured = _capture_initial_ensemble(hmm)
 
     def run():
         dpr.set_seed(job["seed"] + 1)
@@ -231,7 +238,7 @@ def dapper_raanes(job) -> dict:
         return xp
 
     timing, xp = common.timed(run, 1, first_separate=False)
-    hmm.X0.sample = original
+    hmm.X0.sample = captured["original"]
     bare = _bare_enks if job["method"] == "enks" else _bare_enrts
     bare_timing, _ = common.timed(lambda: bare(hmm, yy, spec), 1, first_separate=False)
     np.savez(Path(job["workdir"]) / f"{job['tag']}.npz", xx=xx[hmm.tseq.kko], x0=xx[0], yy=yy, E0=captured["E0"],
@@ -265,14 +272,7 @@ def dapper_setup(job) -> dict:
     dpr.set_seed(job["seed"])
     xx, yy = hmm.simulate()
     yy = np.stack(yy).astype(float)
-    captured, original = {}, hmm.X0.sample
-
-    def sample(N):
-        E = original(N)
-        captured["E0"] = np.array(E, copy=True)
-        return E
-
-    hmm.X0.sample = sample
+    captured = _capture_initial_ensemble(hmm)
 
     def run():
         dpr.set_seed(job["seed"] + 1)
@@ -283,7 +283,7 @@ def dapper_setup(job) -> dict:
         return xp
 
     timing, xp = common.timed(run, job["repeats"], first_separate=False)
-    hmm.X0.sample = original
+    hmm.X0.sample = captured["original"]
     np.savez(Path(job["workdir"]) / f"{job['name']}.npz", yy=yy, E0=captured["E0"], xx=xx[hmm.tseq.kko])
     bare_timing, _ = common.timed(lambda: _bare_ienks(hmm, yy, spec), job["repeats"], first_separate=False)
     return dict(timing=timing, bare_timing=bare_timing, cycles=int(yy.shape[0]), da_method=repr(xp),
@@ -328,16 +328,8 @@ def dapper_universal(job) -> dict:
     dpr.set_seed(job["seed"])
     xx, yy = hmm.simulate()
     yy = np.stack(yy).astype(float)
-    original, out = hmm.X0.sample, {}
+    captured, out = _capture_initial_ensemble(hmm), {}
     for lag in UNIVERSAL_LAGS:
-        captured = {}
-
-        def sample(N, captured=captured):
-            E = original(N)
-            captured["E0"] = np.array(E, copy=True)
-            return E
-
-        hmm.X0.sample = sample
         dpr.set_seed(job["seed"] + lag)
         xp = da.iEnKS("Sqrt", N=10, Lag=lag, nIter=10, infl=1.02)
         xp.assimilate(hmm, xx, yy)
@@ -345,7 +337,7 @@ def dapper_universal(job) -> dict:
         np.savez(Path(job["workdir"]) / f"universal-lag{lag}.npz", xx=xx, yy=yy, E0=captured["E0"],
                  mu_u=np.array(xp.stats.mu.u), kko=hmm.tseq.kko, dko=hmm.tseq.dko)
         out[f"lag{lag}"] = dict(rmse_u=float(xp.avrgs.rmse.u.val), rmse_s=float(xp.avrgs.rmse.s.val))
-    hmm.X0.sample = original
+    hmm.X0.sample = captured["original"]
     return dict(cycles=int(yy.shape[0]), steps_per_cycle=int(hmm.tseq.dko), **out)
 
 
@@ -465,15 +457,7 @@ def dapper_reference(job) -> dict:
     dpr.set_seed(job["seed"])
     xx, yy = hmm.simulate()
     yy = np.stack(yy).astype(float)
-    captured = {}
-    original = hmm.X0.sample
-
-    def sample(N):
-        E = original(N)
-        captured["E0"] = np.array(E, copy=True)
-        return E
-
-    hmm.X0.sample = sample
+    captured = _capture_initial_ensemble(hmm)
     runs = []
 
     def run():
@@ -487,7 +471,7 @@ def dapper_reference(job) -> dict:
     timing, xp = common.timed(run, job["repeats"], first_separate=False)
     mu_a, mu_s = np.array(xp.stats.mu.a), np.array(xp.stats.mu.s)
     np.savez(Path(job["workdir"]) / f"{job['tag']}.npz", xx=xx, yy=yy, E0=captured["E0"], mu_a=mu_a, mu_s=mu_s)
-    hmm.X0.sample = original
+    hmm.X0.sample = captured["original"]
 
     def run_bare():
         dpr.set_seed(job["seed"] + 1)
