@@ -88,7 +88,8 @@ def twin_dataset(result: TwinResult, **attrs):
     variables = {"truth": (("truth_time", "component"), _array(result.truth)),
                  "ys": (("time", "observed"), _array(result.ys))}
     cycles = result.cycles
-    for name in ("rmse_analysis", "rmse_forecast", "spread_analysis", "spread_forecast", "crps_analysis", "rmse_universal"):
+    for name in ("rmse_analysis", "rmse_forecast", "spread_analysis", "spread_forecast", "crps_analysis",
+                 "rmse_universal"):
         value = getattr(cycles, name)
         if value is not None:
             variables[name] = (("time",), _array(value))
@@ -102,7 +103,8 @@ def twin_dataset(result: TwinResult, **attrs):
         variables["rank_histogram"] = (("rank",), _array(stats.rank_histogram))
     summary = {f"stats_{name}": float(getattr(stats, name))
                for name in ("rmse_analysis", "rmse_forecast", "spread_analysis", "spread_forecast", "crps_analysis",
-                            "nis_ratio", "rmse_smoothed", "spread_smoothed", "rmse_universal") if getattr(stats, name) is not None}
+                            "nis_ratio", "rmse_smoothed", "spread_smoothed", "rmse_universal")
+               if getattr(stats, name) is not None}
     summary["stats_diverged"] = int(bool(stats.diverged))
     dataset = xr.Dataset(variables, coords={"time": np.arange(result.ys.shape[0]),
                                             "truth_time": np.arange(result.truth.shape[0])})

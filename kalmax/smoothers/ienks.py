@@ -337,20 +337,19 @@ class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
         return jax.lax.cond(slot == self.shift - 1, lambda: self._analyse_window(model, state, state.pending, key),
                             lambda: self._wait(model, state, y))
 
-    def _finished_row(self, cycle, last_analysis):
-        """The row of `finished` holding v_{n+1-L} at cycle n after the analysis of cycle
-        `last_analysis` (whose window started at v_max(0, last_analysis + 1 - L))."""
+    def _finished_row(self, cycle):
+        """The row of `finished` holding v_{n+1-L} at cycle n = `cycle`: `finished` comes from the
+        last analysis, of cycle n - (n + 1) % S, whose window started at v_max(0, n_a + 1 - L)."""
+        last_analysis = cycle - (cycle + 1) % self.shift
         row = cycle + 1 - self.lag - jnp.maximum(0, last_analysis + 1 - self.lag)
         return jnp.clip(row, 0, self.shift - 1)
 
     def finished_estimate(self, state: WindowState) -> Ensemble:
         """The final smoothed ensemble of v_{n+1-L} after cycle n (the state `info.lagged_mean`
         describes): what the universal scores propagate between observation times."""
-        cycle = state.cycle - 1
         if self.shift == 1:
             return Ensemble(state.finished[0])
-        row = self._finished_row(cycle, cycle - (cycle + 1) % self.shift)
-        return Ensemble(state.finished[row])
+        return Ensemble(state.finished[self._finished_row(state.cycle - 1)])
 
     def _wait(self, model, state: WindowState, y) -> tuple[WindowState, IEnKSInfo]:
         """A cycle without an analysis (shift > 1): the forecast stands, y waits in `pending`."""
@@ -358,7 +357,7 @@ class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
         dtype = members.dtype
         first = ensemble_space(Ensemble(members), jax.vmap(model.observe)(members), y, model.obs_cov)
         spread = ensemble_spread(members)
-        row = self._finished_row(state.cycle, state.cycle - (state.cycle + 1) % self.shift)
+        row = self._finished_row(state.cycle)
         info = IEnKSInfo(
             log_likelihood=first.log_likelihood, n_observed=jnp.sum(jnp.isfinite(y)).astype(jnp.int32),
             spread=spread, status=ensemble_status(members, spread), nis=first.nis,
@@ -510,7 +509,7 @@ class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
                                      analysis, state.cycle + 1, finished=smoothed[None])
         else:
             next_start, finished = self._slide(model, smoothed, state.cycle)
-            row = self._finished_row(state.cycle, state.cycle)
+            row = self._finished_row(state.cycle)
             lagged_mean, lagged_spread = finished[row].mean(axis=0), ensemble_spread(finished[row])
             next_state = WindowState(next_start, analysis, state.cycle + 1, pending=jnp.full_like(state.pending, jnp.nan),
                                      recent=state.recent, finished=finished)

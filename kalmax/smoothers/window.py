@@ -21,16 +21,18 @@ def active_cycles(cycle, lag: int, shift: int = 1):
     return cycle + 1 - jnp.maximum(0, next_analysis + 1 - lag)
 
 
+def _masked(moved, state, step, n_active, lag: int):
+    """`moved` where step `step` of the window's `lag` is one of its last `n_active`, else `state`."""
+    return jax.tree.map(lambda new, old: jnp.where(step >= lag - n_active, new, old), moved, state)
+
+
 def through_window(move, state, cycle, lag: int):
     """`state` (at the window's start; a pytree of arrays) moved to the newest state v_{n+1}
     of cycle n = `cycle` by `move` (one cycle), min(n + 1, lag) steps (shift 1)."""
     n_active = active_cycles(cycle, lag)
 
-    def masked_move(step, v):
-        return jax.tree.map(lambda new, old: jnp.where(step >= lag - n_active, new, old), move(v), v)
-
     def growing(x):
-        return jax.lax.fori_loop(0, lag, masked_move, x)
+        return jax.lax.fori_loop(0, lag, lambda step, v: _masked(move(v), v, step, n_active, lag), x)
 
     def full(x):
         return jax.lax.fori_loop(0, lag, lambda _, v: move(v), x)
@@ -47,9 +49,7 @@ def window_trajectory(move, state, cycle, lag: int, keep: int, shift: int = 1):
 
     def run(masked):
         def body(v, step):
-            moved = move(v)
-            if masked:
-                moved = jax.tree.map(lambda new, old: jnp.where(step >= lag - n_active, new, old), moved, v)
+            moved = _masked(move(v), v, step, n_active, lag) if masked else move(v)
             return moved, moved
 
         _, states = jax.lax.scan(body, state, jnp.arange(lag, dtype=jnp.int32))
