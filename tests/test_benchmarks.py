@@ -17,7 +17,7 @@ import bench_scaling  # noqa: E402
 
 
 def test_the_device_benchmark_runs_on_a_cpu_in_its_quick_form(tmp_path):
-    env = dict(os.environ, PYTHON=sys.executable, XLA_FLAGS=os.environ.get("KALMAX_TESTS_USER_XLA_FLAGS", ""))
+    env = dict(os.environ, PYTHON=sys.executable)  # with the suite's compile flags (conftest.py)
     result = subprocess.run([str(ROOT / "benchmarks" / "gpu.sh"), "--quick", "--out", str(tmp_path)], env=env,
                             capture_output=True, text=True, timeout=280)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

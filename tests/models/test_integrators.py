@@ -171,9 +171,9 @@ def test_ensemble_vector_field_and_flow_equal_the_vmapped_forms(model, dtype):
 
 
 @pytest.mark.parametrize("dim", [4, 5, 40])
-def test_the_halo_step_is_the_rk4_step_of_the_ensemble_field_bit_for_bit(dim):
+def test_the_halo_step_is_the_rk4_step_of_the_ensemble_field(dim):
     """One periodic extension by four halos (wrapping more than once when the grid is shorter
-    than the halos) gives exactly the arithmetic of RK4 on the ensemble field, in both layouts
+    than the halos) gives the arithmetic of RK4 on the ensemble field (to rounding), in both layouts
     of the forecast (the discrete-adjoint RK4 keeps the per-stage field)."""
     model = Lorenz96(dim, forcing=jnp.linspace(6.0, 9.0, dim))
     assert isinstance(model, AbstractPeriodicStencil)
@@ -181,7 +181,10 @@ def test_the_halo_step_is_the_rk4_step_of_the_ensemble_field_bit_for_bit(dim):
     np.testing.assert_array_equal(periodic_rows(states, 9, 5), np.asarray(states)[np.arange(-9, dim + 5) % dim])
     np.testing.assert_array_equal(periodic_rows(states, 2, 1), np.asarray(states)[np.arange(-2, dim + 1) % dim])
     halo = jax.jit(rk4_periodic_step)(model, states, 0.05)
-    np.testing.assert_array_equal(halo, jax.jit(rk4_step)(model.ensemble_vector_field, states, 0.05))
+    # the same operations; XLA contracts some of them into fused multiply-adds differently
+    # (measured: equal at -O0 with the default emitters, 1 ulp apart at -O2 for d = 40, 4 ulps
+    # with the suite's fast-compile flags)
+    np.testing.assert_allclose(halo, jax.jit(rk4_step)(model.ensemble_vector_field, states, 0.05), rtol=0, atol=1e-14)
     members = states.T
     np.testing.assert_allclose(Flow(model, RK4(0.05, 2)).ensemble(members),
                                Flow(model, RK4(0.05, 2, adjoint=True)).ensemble(members), rtol=0, atol=1e-13)
