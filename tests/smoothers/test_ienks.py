@@ -150,6 +150,20 @@ def test_ienks_equals_the_numpy_transcription(data, case):
         assert iterations.min() >= 1 and iterations.max() <= options["n_iter"] and iterations.min() < options["n_iter"]
 
 
+def test_a_known_zero_wtol_skips_the_convergence_branch_with_the_same_result(data):
+    """wtol = 0 runs every iteration without the convergence test's branch; a wtol too small
+    ever to stop takes the branch and gives the same windows; a traced wtol keeps the test."""
+    model, _, ys, E0 = data
+    runs = {}
+    for wtol in (0.0, 1e-300):
+        method = kx.IEnKS(N_MEMBERS, 2, n_iter=3, wtol=wtol, inflation=1.02)
+        assert method.stops_early == (wtol > 0)
+        runs[wtol] = kx.smooth(model, method, ys, jax.random.key(2), init_state=kx.Ensemble(jnp.asarray(E0)))
+    np.testing.assert_allclose(runs[0.0].mean, runs[1e-300].mean, rtol=0, atol=1e-10)
+    np.testing.assert_array_equal(runs[1e-300].filtered.info.n_iterations, 3)
+    assert jax.vmap(lambda wtol: jnp.asarray(kx.IEnKS(N_MEMBERS, wtol=wtol).stops_early))(jnp.zeros(2)).all()
+
+
 def numpy_ienks_shifted(E0, ys, obs_var, lag, shift, n_iter, infl):
     """The square-root iEnKS with shift S (Bocquet & Sakov 2014, single assimilation), written
     from the equations: the window of L cycles is analysed every S cycles and assimilates its S
