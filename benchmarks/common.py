@@ -128,6 +128,8 @@ def serve_jobs(jobs_table: dict) -> None:
     an exception is reported as the job's error and the next job runs."""
     import traceback
 
+    if os.environ.get(ONE_CORE) == "1":  # before any job starts XLA, whose thread pool follows the affinity
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     jobs = json.loads(sys.stdin.read())
     for job in jobs:
         emit(START, job["id"])
@@ -140,11 +142,18 @@ def serve_jobs(jobs_table: dict) -> None:
         emit(RESULT, result)
 
 
-def worker_env(one_blas_thread: bool = True, extra: dict | None = None) -> dict:
+ONE_CORE = "KALMAX_BENCH_ONE_CORE"
+
+
+def worker_env(one_blas_thread: bool = True, extra: dict | None = None, one_core: bool = False) -> dict:
     """The environment of a worker process: float64 JAX, no warnings, a headless matplotlib,
-    and one OpenBLAS/OMP/MKL thread (or the libraries' defaults with `one_blas_thread=False`)."""
+    and one OpenBLAS/OMP/MKL thread (or the libraries' defaults with `one_blas_thread=False`);
+    with `one_core`, the worker holds itself to one CPU core before its first job (`serve_jobs`)."""
     env = dict(os.environ)
     env.update(extra or {})
+    env.pop(ONE_CORE, None)
+    if one_core:
+        env[ONE_CORE] = "1"
     env.setdefault("PYTHONWARNINGS", "ignore")
     env["JAX_ENABLE_X64"] = "1"
     env.setdefault("MPLBACKEND", "Agg")
