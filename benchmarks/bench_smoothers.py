@@ -30,10 +30,11 @@ Three parts:
 
 3. Speed on the problems of part 1, on Lorenz-63 (Sakov et al. 2012, the iEnKF with
    10 iterations) and on the iEnKS set-ups of part 2 (Lorenz-63 of Bocquet & Sakov 2012,
-   both observation intervals; Lorenz-96 every 12 and every 4 steps): DAPPER's `xp.assimilate` with its statistics, as its users run it;
-   DAPPER's own building blocks (`iEnKS_update`, `EnKF_analysis`, `post_process`, its
-   model) in a bare loop without statistics; kalmax's compiled `kx.smooth`, the first
-   call (compile included) and the median of repeats (excluded). Ratios are DAPPER's
+   both observation intervals; Lorenz-96 every 12 and every 4 steps): DAPPER's
+   `xp.assimilate` with its statistics, as its users run it; DAPPER's own building
+   blocks (`iEnKS_update`, `EnKF_analysis`, `post_process`, its model) in a bare loop
+   without statistics; kalmax's compiled `kx.smooth`, the first call (compile included)
+   and the median of repeats (excluded). Ratios are DAPPER's
    CPU time over kalmax's. Every library runs in its own worker process with one BLAS
    thread (`common.run_jobs`).
 
@@ -45,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -730,8 +732,6 @@ def kalmax_gradient_cost(job) -> dict:
     forward_timing, _ = common.timed(many(forward, start), 7, first_separate=True)
     gradient_timing, _ = common.timed(many(gradient, jnp.zeros(dim)), 7, first_separate=True)
     forward_s, gradient_s = forward_timing["median_cpu_s"] / calls, gradient_timing["median_cpu_s"] / calls
-    import os
-
     return dict(forward_s=forward_s, gradient_s=gradient_s, gradient_over_forward=gradient_s / forward_s, calls=calls,
                 cores=len(os.sched_getaffinity(0)))
 
