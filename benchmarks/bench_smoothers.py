@@ -773,6 +773,12 @@ JOBS = {"dapper_reference": dapper_reference, "kalmax_reproduce": kalmax_reprodu
 # ======================================================================================
 
 
+def _both_ok(results: dict, name: str):
+    """DAPPER's and kalmax's results of the job pair `name`, or (None, None) unless both ran."""
+    ref, ours = results.get(f"dapper-{name}", {}), results.get(f"kalmax-{name}", {})
+    return (ref, ours) if ref.get("status") == ours.get("status") == "ok" else (None, None)
+
+
 def report(results: dict, args, machine: dict) -> str:
     fmt, ratio = common.fmt_time, common.fmt_ratio
     lines = ["# Smoothers and iterative ensemble methods: kalmax against DAPPER", ""]
@@ -886,8 +892,8 @@ def report(results: dict, args, machine: dict) -> str:
     lines.append("")
     rows = []
     for name, spec in RAANES.items():
-        ref, ours = results.get(f"dapper-raanes-{name}", {}), results.get(f"kalmax-raanes-{name}", {})
-        if ref.get("status") != "ok" or ours.get("status") != "ok":
+        ref, ours = _both_ok(results, f"raanes-{name}")
+        if ref is None:
             rows.append([spec["label"], "failed", "failed", "", "", "", "", "", ""])
             continue
         within = ours["rmse_s"] / ref["rmse_s"] - 1
@@ -912,8 +918,8 @@ def report(results: dict, args, machine: dict) -> str:
                   **{f"raanes-{name}": spec["label"] + " on raanes2016" for name, spec in RAANES.items()},
                   **{name: spec["label"] for name, spec in SETUP_SPEED.items()})
     for name in labels:
-        ref, ours = results.get(f"dapper-{name}", {}), results.get(f"kalmax-{name}", {})
-        if ref.get("status") != "ok" or ours.get("status") != "ok":
+        ref, ours = _both_ok(results, name)
+        if ref is None:
             continue
         d_stats, d_bare = ref["timing"]["median_cpu_s"], ref["bare_timing"]["median_cpu_s"]
         k_excl, k_incl = ours["timing"]["median_cpu_s"], ours["timing"]["first_cpu_s"]
@@ -936,8 +942,8 @@ def report(results: dict, args, machine: dict) -> str:
     lines.append("")
     rows = []
     for name, spec in SETUP_SPEED.items():
-        ref, ours = results.get(f"dapper-{name}", {}), results.get(f"kalmax-{name}", {})
-        if ref.get("status") != "ok" or ours.get("status") != "ok" or "kernel_floor_per_cycle_s" not in ours:
+        ref, ours = _both_ok(results, name)
+        if ref is None or "kernel_floor_per_cycle_s" not in ours:
             continue
         per_cycle = ref["timing"]["median_cpu_s"] / ref["cycles"]
         rows.append([spec["label"], fmt(ours["eigh_s"]), fmt(ours["forecast_cycle_s"]),
