@@ -190,6 +190,21 @@ def _center(members):
     return members - mean[..., None, :], mean
 
 
+def _cycle_info(model, forecast, y, estimate, lagged, *, n_iterations, increment, prior_inflation,
+                finite_smoothed=True) -> IEnKSInfo:
+    """A cycle's `IEnKSInfo`: the log-likelihood and NIS of the `forecast` ensemble (J, d) given
+    y (p,), the spread and status of the filtered `estimate` (NON_FINITE also when the smoothed
+    ensemble is not finite), the mean and spread of the `lagged` (finished) ensemble."""
+    first = ensemble_space(Ensemble(forecast), jax.vmap(model.observe)(forecast), y, model.obs_cov)
+    spread = ensemble_spread(estimate)
+    status = jnp.where(finite_smoothed, ensemble_status(estimate, spread), RESULTS.NON_FINITE).astype(jnp.int32)
+    return IEnKSInfo(
+        log_likelihood=first.log_likelihood, n_observed=jnp.sum(jnp.isfinite(y)).astype(jnp.int32), spread=spread,
+        status=status, nis=first.nis, n_iterations=n_iterations, increment=increment,
+        lagged_mean=lagged.mean(axis=0), lagged_spread=ensemble_spread(lagged), prior_inflation=prior_inflation,
+    )
+
+
 class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
     """Iterative ensemble Kalman smoother (Bocquet & Sakov 2014; module docstring).
 
@@ -358,18 +373,10 @@ class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
 
     def _wait(self, model, state: WindowState, y) -> tuple[WindowState, IEnKSInfo]:
         """A cycle without an analysis (shift > 1): the forecast stands, y waits in `pending`."""
-        members = state.members
-        dtype = members.dtype
-        first = ensemble_space(Ensemble(members), jax.vmap(model.observe)(members), y, model.obs_cov)
-        spread = ensemble_spread(members)
-        row = self._finished_row(state.cycle)
-        info = IEnKSInfo(
-            log_likelihood=first.log_likelihood, n_observed=jnp.sum(jnp.isfinite(y)).astype(jnp.int32),
-            spread=spread, status=ensemble_status(members, spread), nis=first.nis,
-            n_iterations=jnp.zeros((), jnp.int32), increment=jnp.zeros((), dtype),
-            lagged_mean=state.finished[row].mean(axis=0), lagged_spread=ensemble_spread(state.finished[row]),
-            prior_inflation=jnp.ones((), dtype),
-        )
+        dtype = state.members.dtype
+        info = _cycle_info(model, state.members, y, state.members, state.finished[self._finished_row(state.cycle)],
+                           n_iterations=jnp.zeros((), jnp.int32), increment=jnp.zeros((), dtype),
+                           prior_inflation=jnp.ones((), dtype))
         return eqx.tree_at(lambda s: s.cycle, state, state.cycle + 1), info
 
     def _analyse_window(self, model, state: WindowState, window_ys, key) -> tuple[WindowState, IEnKSInfo]:
@@ -464,7 +471,7 @@ class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
 
         # iteration 0 from the forecast `forecast` made (kept unscaled); then the rest until converged
         forecast_first = state.members
-        forecast_anomalies, first_mean = _center(forecast_first)
+        forecast_anomalies, _ = _center(forecast_first)
         noise0 = jnp.zeros((size, y.shape[0]), dtype)
         carry = (jnp.zeros(size, dtype), identity, identity, noise0, ridge)
         scaled_first = state.members[None] if self.shift == 1 else state.recent  # (S, J, d)
@@ -504,27 +511,18 @@ class IEnKS(AbstractEnsembleFilter, AbstractSmoother):
             anomalies, mean = _center(smoothed)
             smoothed = mean + rotation @ anomalies
 
-        newest_y = window_ys[-1]
-        first = ensemble_space(Ensemble(forecast_first), jax.vmap(model.observe)(forecast_first), newest_y,
-                               model.obs_cov)
-        spread = ensemble_spread(analysis)
-        status = ensemble_status(analysis, spread)
-        status = jnp.where(jnp.all(jnp.isfinite(smoothed)), status, RESULTS.NON_FINITE).astype(jnp.int32)
         if self.shift == 1:
-            lagged_mean, lagged_spread = smoothed.mean(axis=0), ensemble_spread(smoothed)
+            lagged = smoothed
             next_state = WindowState(slide(lambda x: forecast_members(model, x, None), smoothed, state.cycle, self.lag),
                                      analysis, state.cycle + 1, finished=smoothed[None])
         else:
             next_start, finished = self._slide(model, smoothed, state.cycle)
-            row = self._finished_row(state.cycle)
-            lagged_mean, lagged_spread = finished[row].mean(axis=0), ensemble_spread(finished[row])
+            lagged = finished[self._finished_row(state.cycle)]
             next_state = WindowState(next_start, analysis, state.cycle + 1, pending=jnp.full_like(state.pending, jnp.nan),
                                      recent=state.recent, finished=finished)
-        info = IEnKSInfo(
-            log_likelihood=first.log_likelihood, n_observed=jnp.sum(jnp.isfinite(newest_y)).astype(jnp.int32),
-            spread=spread, status=status, nis=first.nis, n_iterations=count, increment=dw @ dw / size,
-            lagged_mean=lagged_mean, lagged_spread=lagged_spread, prior_inflation=prior_inflation,
-        )
+        info = _cycle_info(model, forecast_first, window_ys[-1], analysis, lagged, n_iterations=count,
+                           increment=dw @ dw / size, prior_inflation=prior_inflation,
+                           finite_smoothed=jnp.all(jnp.isfinite(smoothed)))
         return next_state, info
 
     def _slide(self, model, smoothed, cycle):
