@@ -71,9 +71,9 @@ def _in_own_process(worker: str, dims, sizes, repeats: int, one_core: bool = Fal
     `one_core`, its CPU affinity is set to one core before anything is imported."""
     import subprocess
 
-    pin = "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); " if one_core else ""
+    pin = "common.hold_to_one_core(); " if one_core else ""
     code = (
-        f"import os, sys, json; {pin}sys.path.insert(0, sys.argv[1]); import bench_forecast as b; "
+        f"import sys, json; sys.path.insert(0, sys.argv[1]); import common; {pin}import bench_forecast as b; "
         f"print('@@' + json.dumps(b.{worker}(json.loads(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4]))))"
     )
     out = subprocess.run(

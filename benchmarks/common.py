@@ -128,8 +128,8 @@ def serve_jobs(jobs_table: dict) -> None:
     an exception is reported as the job's error and the next job runs."""
     import traceback
 
-    if os.environ.get(ONE_CORE) == "1":  # before any job starts XLA, whose thread pool follows the affinity
-        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    if os.environ.get(ONE_CORE) == "1":
+        hold_to_one_core()
     jobs = json.loads(sys.stdin.read())
     for job in jobs:
         emit(START, job["id"])
@@ -143,6 +143,12 @@ def serve_jobs(jobs_table: dict) -> None:
 
 
 ONE_CORE = "KALMAX_BENCH_ONE_CORE"
+
+
+def hold_to_one_core() -> None:
+    """Hold this process to one CPU core. Call it before anything starts XLA: XLA sizes its
+    thread pool from the affinity, and threads started later inherit it."""
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
 
 def worker_env(one_blas_thread: bool = True, extra: dict | None = None, one_core: bool = False) -> dict:
